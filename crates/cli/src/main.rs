@@ -1,0 +1,71 @@
+//! `baimo`: argument parsing and wiring only. Everything else lives in the library crates.
+
+mod chat;
+mod commands;
+mod sampling;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "baimo", version, about = "Baimo (百模): run, chat with and serve Llama- and Qwen-family models")]
+struct Cli {
+    /// Where pulled models live (default: the user's data dir, baimo/models).
+    #[arg(long, global = true, env = "BAIMO_MODELS_DIR")]
+    models_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Architecture, parameter count, tensor types, context length, tokenizer and chat template of a model.
+    Info(commands::InfoArgs),
+    /// Generate an answer to one prompt, streamed (the chat template is applied unless --raw).
+    Run(commands::RunArgs),
+    /// Interactive multi-turn chat (/reset, /system TEXT, /exit).
+    Chat(chat::ChatArgs),
+    /// Perplexity over a text file, as llama.cpp's llama-perplexity reports it.
+    Perplexity(commands::PerplexityArgs),
+    /// Download a model: a catalog name, or hf:REPO[/FILE].
+    Pull(commands::PullArgs),
+    /// List pulled models and the catalog.
+    List,
+    /// Remove a pulled model.
+    Rm(commands::RmArgs),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("BAIMO_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let store = commands::store(cli.models_dir.clone());
+    let result = match cli.command {
+        Command::Info(a) => commands::info(&store, a),
+        Command::Run(a) => commands::run(&store, a),
+        Command::Chat(a) => chat::chat(&store, a),
+        Command::Perplexity(a) => commands::perplexity(&store, a),
+        Command::Pull(a) => commands::pull(&store, a),
+        Command::List => commands::list(&store),
+        Command::Rm(a) => commands::rm(&store, a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {}", one_line(&e));
+        std::process::exit(1);
+    }
+}
+
+/// The error and its causes on one line.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+    }
+    parts.join(": ")
+}

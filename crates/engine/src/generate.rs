@@ -1,0 +1,205 @@
+//! Autoregressive generation over one sequence: prefill, then sample token by token until EOS/EOT, a stop
+//! string, or the token budget. A [`Session`] keeps its KV cache between calls and reuses the longest
+//! common prefix of the new prompt (the next turn of a chat only prefills the new messages).
+
+use std::time::{Duration, Instant};
+
+use baimo_models::{KvCache, Logits, Transformer};
+use baimo_tokenize::{StreamDecoder, Tokenizer};
+
+use crate::logprobs::{log_softmax, top_logprobs};
+use crate::{EngineError, Result, Sampler, SamplingParams, StopMatcher};
+
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+    /// Return the top-K log-probabilities at each generated position (natural log, temperature 1, before
+    /// penalties and filters).
+    pub logprobs: Option<usize>,
+    /// Keep going past end-of-generation tokens (benchmarks).
+    pub ignore_eos: bool,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions {
+            max_tokens: 256,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+            logprobs: None,
+            ignore_eos: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// End-of-generation token or a stop string.
+    Stop,
+    /// `max_tokens` reached, or the context is full.
+    Length,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TopLogprob {
+    pub id: u32,
+    pub text: String,
+    pub logprob: f32,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GeneratedToken {
+    pub id: u32,
+    pub text: String,
+    pub logprob: f32,
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub text: String,
+    pub tokens: Vec<GeneratedToken>,
+    pub prompt_tokens: usize,
+    /// Prompt tokens that were already in the cache.
+    pub cached_tokens: usize,
+    pub finish_reason: FinishReason,
+    pub prefill_time: Duration,
+    pub decode_time: Duration,
+}
+
+impl Generation {
+    pub fn completion_tokens(&self) -> usize {
+        self.tokens.len()
+    }
+}
+
+/// One sequence with its KV cache.
+pub struct Session {
+    cache: KvCache,
+    /// Tokens whose keys/values are in `cache`.
+    tokens: Vec<u32>,
+}
+
+impl Session {
+    pub fn new(model: &Transformer, ctx: usize) -> Session {
+        Session { cache: KvCache::new(model.config(), ctx), tokens: Vec::new() }
+    }
+    pub fn ctx(&self) -> usize {
+        self.cache.max_len()
+    }
+    pub fn reset(&mut self) {
+        self.cache.clear();
+        self.tokens.clear();
+    }
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// Generates a continuation of `prompt`. `on_text` receives each piece of finished text as it becomes
+    /// available (valid UTF-8, stop strings held back); returning `false` stops generation.
+    pub fn generate(
+        &mut self,
+        model: &Transformer,
+        tokenizer: &Tokenizer,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        mut on_text: impl FnMut(&str) -> bool,
+    ) -> Result<Generation> {
+        if prompt.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        let ctx = self.ctx();
+        if prompt.len() > ctx {
+            return Err(EngineError::PromptTooLong { prompt: prompt.len(), ctx });
+        }
+        // Reuse the cached prefix; always recompute at least the last prompt token to get its logits.
+        let common = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
+        self.cache.truncate(common);
+        self.tokens.truncate(common);
+
+        let t0 = Instant::now();
+        let mut logits = model.forward(&prompt[common..], &mut self.cache, Logits::Last)?.flatten_all()?.to_vec1::<f32>()?;
+        self.tokens.extend_from_slice(&prompt[common..]);
+        let prefill_time = t0.elapsed();
+
+        let t1 = Instant::now();
+        let mut sampler = Sampler::new(opts.sampling.clone());
+        let mut stop = StopMatcher::new(opts.stop.clone());
+        let mut decoder = StreamDecoder::new(tokenizer);
+        let mut text = String::new();
+        let mut tokens = Vec::new();
+        let mut history: Vec<u32> = prompt.to_vec();
+        let mut finish = FinishReason::Length;
+        let mut keep_going = true;
+        let mut stopped = false;
+        while tokens.len() < opts.max_tokens && keep_going {
+            let id = sampler.sample(&logits, &history);
+            let (logprob, top) = match opts.logprobs {
+                Some(k) => {
+                    let lp = log_softmax(&logits);
+                    let top = top_logprobs(&lp, k)
+                        .into_iter()
+                        .map(|(id, logprob)| TopLogprob { id, text: piece(tokenizer, id), logprob })
+                        .collect();
+                    (lp.get(id as usize).copied().unwrap_or(f32::NEG_INFINITY), top)
+                }
+                None => (f32::NAN, Vec::new()),
+            };
+            history.push(id);
+            if !opts.ignore_eos && tokenizer.is_eog(id) {
+                finish = FinishReason::Stop;
+                break;
+            }
+            tokens.push(GeneratedToken { id, text: piece(tokenizer, id), logprob, top_logprobs: top });
+            let out = stop.push(&decoder.push(id));
+            if !out.emit.is_empty() {
+                text.push_str(&out.emit);
+                keep_going = on_text(&out.emit);
+            }
+            if out.stopped {
+                finish = FinishReason::Stop;
+                stopped = true;
+                break;
+            }
+            if tokens.len() >= opts.max_tokens {
+                break;
+            }
+            if self.tokens.len() >= ctx {
+                finish = FinishReason::Length;
+                break;
+            }
+            logits = model.forward(&[id], &mut self.cache, Logits::Last)?.flatten_all()?.to_vec1::<f32>()?;
+            self.tokens.push(id);
+        }
+        if !stopped {
+            // Flush bytes held for UTF-8 completeness, then text held back as a possible stop-string prefix.
+            let tail = stop.push(&decoder.finish());
+            let mut rest = tail.emit;
+            if tail.stopped {
+                finish = FinishReason::Stop;
+            } else {
+                rest.push_str(&stop.finish());
+            }
+            if !rest.is_empty() {
+                text.push_str(&rest);
+                on_text(&rest);
+            }
+        }
+        Ok(Generation {
+            text,
+            tokens,
+            prompt_tokens: prompt.len(),
+            cached_tokens: common,
+            finish_reason: finish,
+            prefill_time,
+            decode_time: t1.elapsed(),
+        })
+    }
+}
+
+fn piece(tokenizer: &Tokenizer, id: u32) -> String {
+    String::from_utf8_lossy(&tokenizer.token_bytes(id)).into_owned()
+}

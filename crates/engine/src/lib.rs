@@ -1,0 +1,19 @@
+//! The engine: loads a model with its tokenizer and chat template, generates with a KV cache and a
+//! sampler, and measures perplexity. The CLI and (later) the server sit on top of it.
+
+pub mod error;
+pub mod generate;
+pub mod loader;
+pub mod logprobs;
+pub mod perplexity;
+pub mod sampler;
+pub mod stop;
+
+pub use error::EngineError;
+pub use generate::{FinishReason, GenerateOptions, Generation, GeneratedToken, Session, TopLogprob};
+pub use loader::{load, LoadOptions, LoadedModel, ModelInfo};
+pub use perplexity::{perplexity, PerplexityReport};
+pub use sampler::{Sampler, SamplingParams};
+pub use stop::StopMatcher;
+
+pub type Result<T> = std::result::Result<T, EngineError>;

@@ -1,0 +1,20 @@
+//! The decoder, written once, and the architectures it serves.
+//!
+//! An architecture is a [`ModelConfig`] (norms, biases, rope variant, q/k norm, tied embeddings) plus a
+//! weight-name map ([`weights`]); [`Transformer`] is the one decoder that reads like the Llama paper and
+//! Hugging Face's `modeling_llama.py` / `modeling_qwen2.py` / `modeling_qwen3.py`.
+
+pub mod config;
+pub mod error;
+pub mod kv_cache;
+pub mod layers;
+pub mod transformer;
+pub mod weights;
+
+pub use config::{Arch, ModelConfig, RopeScaling, RopeStyle};
+pub use error::ModelError;
+pub use kv_cache::KvCache;
+pub use transformer::{Logits, Transformer};
+pub use weights::{ModelFormat, WeightInfo};
+
+pub type Result<T> = std::result::Result<T, ModelError>;

@@ -1,0 +1,256 @@
+//! The decoder-only transformer (Touvron et al. 2023, "LLaMA"; Qwen2/Qwen3 technical reports), written once.
+//! Mirrors HF `modeling_llama.py`: pre-norm attention with rotary embeddings and grouped-query attention,
+//! then a SwiGLU MLP, each with a residual connection.
+
+use std::path::Path;
+
+use baimo_formats::gguf::GgufFile;
+use baimo_formats::llama2c::Llama2cCheckpoint;
+use baimo_formats::safetensors::SafeTensorsFiles;
+use candle_core::{Device, Tensor};
+
+use crate::layers::{softmax_last_dim, Embedding, Linear, RmsNorm, Rope};
+use crate::weights::{ModelFormat, WeightSource};
+use crate::{Arch, KvCache, ModelConfig, ModelError, Result, RopeScaling, RopeStyle};
+
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn load(src: &dyn WeightSource, p: &str, cfg: &ModelConfig) -> Result<Attention> {
+        let (h, hd) = (cfg.hidden_size, cfg.head_dim);
+        let (nq, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let b = cfg.attention_bias;
+        let norm = |n: &str| -> Result<Option<RmsNorm>> {
+            if cfg.qk_norm {
+                Ok(Some(RmsNorm::load(src, &format!("{p}.{n}.weight"), hd, cfg.rms_norm_eps)?))
+            } else {
+                Ok(None)
+            }
+        };
+        Ok(Attention {
+            q_proj: Linear::load(src, &format!("{p}.q_proj"), nq * hd, h, b)?,
+            k_proj: Linear::load(src, &format!("{p}.k_proj"), nkv * hd, h, b)?,
+            v_proj: Linear::load(src, &format!("{p}.v_proj"), nkv * hd, h, b)?,
+            o_proj: Linear::load(src, &format!("{p}.o_proj"), h, nq * hd, false)?,
+            q_norm: norm("q_norm")?,
+            k_norm: norm("k_norm")?,
+            n_heads: nq,
+            n_kv_heads: nkv,
+            head_dim: hd,
+        })
+    }
+
+    /// `x`: (seq, hidden) for positions `cache.len()..`; returns (seq, hidden).
+    fn forward(&self, x: &Tensor, layer: usize, rope: &Rope, cs: &(Tensor, Tensor), cache: &mut KvCache) -> Result<Tensor> {
+        let seq = x.dim(0)?;
+        let heads = |t: Tensor, n: usize| -> Result<Tensor> {
+            Ok(t.reshape((seq, n, self.head_dim))?.transpose(0, 1)?.contiguous()?)
+        };
+        let mut q = heads(self.q_proj.forward(x)?, self.n_heads)?;
+        let mut k = heads(self.k_proj.forward(x)?, self.n_kv_heads)?;
+        let v = heads(self.v_proj.forward(x)?, self.n_kv_heads)?;
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            q = qn.forward(&q)?;
+            k = kn.forward(&k)?;
+        }
+        let q = rope.apply(&q, &cs.0, &cs.1)?;
+        let k = rope.apply(&k, &cs.0, &cs.1)?;
+        let start = cache.len();
+        let (k_all, v_all) = cache.append(layer, &k, &v)?;
+        let total = start + seq;
+
+        // Grouped-query attention: query head h reads kv head h / group (HF `repeat_kv`).
+        let group = self.n_heads / self.n_kv_heads;
+        let q = q.reshape((self.n_kv_heads, group * seq, self.head_dim))?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let scores = (q.matmul(&k_all.contiguous()?.t()?)? * scale)?; // (kv, group*seq, total)
+        let scores = if seq > 1 {
+            let mask = causal_mask(seq, start, total)?; // (seq, total)
+            let scores = scores.reshape((self.n_kv_heads, group, seq, total))?;
+            scores.broadcast_add(&mask)?.reshape((self.n_kv_heads, group * seq, total))?
+        } else {
+            scores
+        };
+        let probs = softmax_last_dim(&scores)?;
+        let out = probs.matmul(&v_all.contiguous()?)?; // (kv, group*seq, hd)
+        let out = out.reshape((self.n_heads, seq, self.head_dim))?.transpose(0, 1)?.contiguous()?;
+        self.o_proj.forward(&out.reshape((seq, self.n_heads * self.head_dim))?)
+    }
+}
+
+/// 0 where query i (absolute position start+i) may attend key j, -inf after it.
+fn causal_mask(seq: usize, start: usize, total: usize) -> Result<Tensor> {
+    let mask: Vec<f32> = (0..seq)
+        .flat_map(|i| (0..total).map(move |j| if j <= start + i { 0.0 } else { f32::NEG_INFINITY }))
+        .collect();
+    Ok(Tensor::from_vec(mask, (seq, total), &Device::Cpu)?)
+}
+
+/// SwiGLU feed-forward (Shazeer 2020): down(silu(gate(x)) * up(x)).
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    fn load(src: &dyn WeightSource, p: &str, cfg: &ModelConfig) -> Result<Mlp> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Mlp {
+            gate_proj: Linear::load(src, &format!("{p}.gate_proj"), i, h, false)?,
+            up_proj: Linear::load(src, &format!("{p}.up_proj"), i, h, false)?,
+            down_proj: Linear::load(src, &format!("{p}.down_proj"), h, i, false)?,
+        })
+    }
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let g = self.gate_proj.forward(x)?.silu()?;
+        let u = self.up_proj.forward(x)?;
+        self.down_proj.forward(&(g * u)?)
+    }
+}
+
+struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+impl DecoderLayer {
+    fn load(src: &dyn WeightSource, i: usize, cfg: &ModelConfig) -> Result<DecoderLayer> {
+        let p = format!("model.layers.{i}");
+        let (h, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
+        Ok(DecoderLayer {
+            input_layernorm: RmsNorm::load(src, &format!("{p}.input_layernorm.weight"), h, eps)?,
+            self_attn: Attention::load(src, &format!("{p}.self_attn"), cfg)?,
+            post_attention_layernorm: RmsNorm::load(src, &format!("{p}.post_attention_layernorm.weight"), h, eps)?,
+            mlp: Mlp::load(src, &format!("{p}.mlp"), cfg)?,
+        })
+    }
+}
+
+/// Which positions to return logits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last position: (1, vocab). What generation needs.
+    Last,
+    /// Every position: (seq, vocab). Perplexity and tests.
+    All,
+}
+
+pub struct Transformer {
+    cfg: ModelConfig,
+    embed_tokens: Embedding,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rope: Rope,
+    format: ModelFormat,
+}
+
+impl Transformer {
+    /// Builds the decoder from any weight source whose tensors follow the config.
+    pub fn load(cfg: ModelConfig, src: &dyn WeightSource) -> Result<Transformer> {
+        let (v, h) = (cfg.vocab_size, cfg.hidden_size);
+        let embed_tokens = Embedding::load(src, "model.embed_tokens.weight", v, h)?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| DecoderLayer::load(src, i, &cfg))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::load(src, "model.norm.weight", h, cfg.rms_norm_eps)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            embed_tokens.as_linear()?
+        } else {
+            Linear::load(src, "lm_head", v, h, false)?
+        };
+        let rope = Rope::new(cfg.rope_inv_freq(), cfg.rope_style);
+        Ok(Transformer { embed_tokens, layers, norm, lm_head, rope, format: src.format(), cfg })
+    }
+
+    pub fn from_gguf(g: &GgufFile) -> Result<Transformer> {
+        let mut cfg = ModelConfig::from_gguf(g)?;
+        if let Some(w) = WeightSource::get(g, "rope_freqs.weight")? {
+            let factors = w.into_f32()?.flatten_all()?.to_vec1::<f32>()?;
+            cfg.rope_scaling = Some(RopeScaling::FreqFactors(factors));
+        }
+        Transformer::load(cfg, g)
+    }
+
+    pub fn from_hf_dir(dir: &Path) -> Result<Transformer> {
+        let cfg = ModelConfig::from_hf_config(&dir.join("config.json"))?;
+        let files = SafeTensorsFiles::open(dir)?;
+        Transformer::load(cfg, &files)
+    }
+
+    pub fn from_llama2c(ckpt: &Llama2cCheckpoint) -> Result<Transformer> {
+        let c = &ckpt.config;
+        let cfg = ModelConfig {
+            arch: Arch::Llama,
+            hidden_size: c.dim,
+            intermediate_size: c.hidden_dim,
+            num_hidden_layers: c.n_layers,
+            num_attention_heads: c.n_heads,
+            num_key_value_heads: c.n_kv_heads,
+            head_dim: c.dim / c.n_heads.max(1),
+            vocab_size: c.vocab_size,
+            // llama2.c run.c uses 1e-5 and theta 10000 with interleaved pairs.
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            rope_scaling: None,
+            rope_style: RopeStyle::Interleaved,
+            max_position_embeddings: c.seq_len,
+            tie_word_embeddings: c.shared_classifier,
+            attention_bias: false,
+            qk_norm: false,
+        };
+        Transformer::load(cfg, ckpt)
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+    pub fn format(&self) -> ModelFormat {
+        self.format
+    }
+
+    /// Runs `tokens` at positions `cache.len()..` and appends their keys/values to `cache`.
+    /// Returns f32 logits, (1, vocab) or (seq, vocab) per `which`.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, which: Logits) -> Result<Tensor> {
+        if tokens.is_empty() {
+            return Err(ModelError::BadConfig("forward called with no tokens".into()));
+        }
+        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
+            return Err(ModelError::BadToken { id, vocab: self.cfg.vocab_size });
+        }
+        cache.check_room(tokens.len())?;
+        let seq = tokens.len();
+        let start = cache.len();
+        let ids = Tensor::new(tokens, &Device::Cpu)?;
+        let mut x = self.embed_tokens.forward(&ids)?;
+        let cs = self.rope.tables(start, seq)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let h = layer.input_layernorm.forward(&x)?;
+            let h = layer.self_attn.forward(&h, i, &self.rope, &cs, cache)?;
+            x = (x + h)?;
+            let h = layer.post_attention_layernorm.forward(&x)?;
+            x = (&x + layer.mlp.forward(&h)?)?;
+        }
+        cache.advance(seq);
+        let x = match which {
+            Logits::Last => x.narrow(0, seq - 1, 1)?,
+            Logits::All => x,
+        };
+        let x = self.norm.forward(&x)?;
+        let logits = self.lm_head.forward(&x.contiguous()?)?;
+        Ok(logits.reshape(((), self.cfg.vocab_size))?)
+    }
+}

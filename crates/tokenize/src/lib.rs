@@ -1,0 +1,55 @@
+//! baimo-tokenize: text <-> token ids for Baimo.
+//!
+//! * [`Tokenizer`]: built on the `tokenizers` crate from a `tokenizer.json` directory
+//!   ([`Tokenizer::from_hf_dir`]), GGUF metadata ([`Tokenizer::from_gguf`]) or a llama2.c
+//!   `tokenizer.bin` ([`Tokenizer::from_llama2c`]); the pipelines are assembled from HF stages,
+//!   never a BPE of our own.
+//! * [`StreamDecoder`]: incremental detokenization that only emits complete UTF-8.
+//! * [`template::ChatTemplate`]: HF-compatible chat templates on minijinja.
+
+mod build;
+mod error;
+mod gguf;
+mod hf;
+mod llama2c;
+mod pretok;
+mod stream;
+pub mod template;
+mod tokenizer;
+
+pub use error::{Result, TokenizeError};
+pub use stream::StreamDecoder;
+pub use template::{ChatTemplate, Message};
+pub use tokenizer::{SpecialIds, Tokenizer};
+
+use baimo_formats::gguf::{GgufFile, GgufHeader};
+use std::path::Path;
+
+impl Tokenizer {
+    /// Builds the tokenizer stored in GGUF metadata (`tokenizer.ggml.model` = `gpt2` | `llama`,
+    /// pre-tokenizer from `tokenizer.ggml.pre`), as llama.cpp's `llama_vocab::impl::load` does.
+    pub fn from_gguf(g: &GgufFile) -> Result<Self> {
+        gguf::from_header(g.header())
+    }
+
+    /// [`Tokenizer::from_gguf`] on a parsed header alone (e.g. `GgufFile::from_bytes`).
+    pub fn from_gguf_header(h: &GgufHeader) -> Result<Self> {
+        gguf::from_header(h)
+    }
+
+    /// Opens (memory-maps) a GGUF file and builds its tokenizer.
+    pub fn from_gguf_path(path: &Path) -> Result<Self> {
+        gguf::from_header(GgufFile::open(path)?.header())
+    }
+
+    /// Loads `tokenizer.json` from `dir` plus `tokenizer_config.json` (chat template, BOS/EOS,
+    /// `add_bos_token`) and `generation_config.json` (`eos_token_id`s) when present.
+    pub fn from_hf_dir(dir: &Path) -> Result<Self> {
+        hf::from_hf_dir(dir)
+    }
+
+    /// Loads a llama2.c `tokenizer.bin` / `tok*.bin` with `vocab_size` entries.
+    pub fn from_llama2c(path: &Path, vocab_size: usize) -> Result<Self> {
+        llama2c::from_llama2c(path, vocab_size)
+    }
+}
