@@ -21,6 +21,11 @@ pub fn resolve_model(store: &ModelStore, spec: Option<&str>) -> Result<PathBuf> 
     if let Some(p) = store.resolve(&spec) {
         return Ok(p);
     }
+    let looks_like_path = !spec.starts_with("hf:")
+        && (spec.contains('/') || spec.contains('\\') || [".gguf", ".bin", ".safetensors"].iter().any(|e| spec.ends_with(e)));
+    if looks_like_path {
+        anyhow::bail!("{spec}: no such file or directory");
+    }
     eprintln!("model `{spec}` is not here yet; pulling it into {}", store.dir().display());
     let pulled = store.pull(&spec, &PullOptions::default()).with_context(|| format!("pulling `{spec}`"))?;
     Ok(pulled.path)

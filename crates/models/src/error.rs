@@ -11,6 +11,8 @@ pub enum ModelError {
     UnsupportedArch(String),
     #[error("unsupported tensor type {dtype} for tensor `{name}`")]
     UnsupportedTensorType { name: String, dtype: String },
+    #[error("kernel: {0}")]
+    Kernel(String),
     #[error("missing tensor `{0}`")]
     MissingTensor(String),
     #[error("tensor `{name}` has shape {actual:?}, expected {expected:?}")]

@@ -1,15 +1,42 @@
 //! Building blocks of the decoder. Model code never branches on the tensor type: [`Linear`] hides whether
 //! its weight is quantized (candle `QMatMul`: activations quantized to Q8 blocks as ggml does) or float.
 
-use candle_core::quantized::{QMatMul, QTensor};
+use baimo_kernels::{quant_matmul, BlockFormat};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor, D};
 
 use crate::weights::{Weight, WeightSource};
 use crate::{ModelError, Result};
 
+/// How a linear layer's weight is stored and multiplied.
+enum LinearWeight {
+    /// Float weights, and the K-quants (candle's `QMatMul`, Q8_K activations as ggml).
+    Candle(QMatMul),
+    /// 32-element block formats, multiplied by our kernel with ggml-identical activation quantization.
+    Blocks { format: BlockFormat, data: Vec<u8> },
+}
+
+fn block_format(dtype: GgmlDType) -> Option<BlockFormat> {
+    Some(match dtype {
+        GgmlDType::Q4_0 => BlockFormat::Q4_0,
+        GgmlDType::Q4_1 => BlockFormat::Q4_1,
+        GgmlDType::Q5_0 => BlockFormat::Q5_0,
+        GgmlDType::Q5_1 => BlockFormat::Q5_1,
+        GgmlDType::Q8_0 => BlockFormat::Q8_0,
+        _ => return None,
+    })
+}
+
+fn quant_weight(q: std::sync::Arc<QTensor>) -> Result<LinearWeight> {
+    Ok(match block_format(q.dtype()) {
+        Some(format) => LinearWeight::Blocks { format, data: q.data()?.into_owned() },
+        None => LinearWeight::Candle(QMatMul::from_arc(q)?),
+    })
+}
+
 /// `y = x Wᵀ + b` with W of shape (out, in).
 pub struct Linear {
-    weight: QMatMul,
+    weight: LinearWeight,
     bias: Option<Tensor>,
     out_features: usize,
     in_features: usize,
@@ -21,21 +48,25 @@ impl Linear {
         let w = src.require(&name)?;
         check_shape(&name, &w.dims(), &[out, inp])?;
         let weight = match w {
-            Weight::Quant(q) => QMatMul::from_qtensor(q)?,
-            Weight::Float(t) => QMatMul::Tensor(t),
+            Weight::Quant(q) => quant_weight(std::sync::Arc::new(q))?,
+            Weight::Float(t) => LinearWeight::Candle(QMatMul::Tensor(t)),
         };
         let bias = if bias { Some(load_vector(src, &format!("{prefix}.bias"), out)?) } else { None };
         Ok(Linear { weight, bias, out_features: out, in_features: inp })
     }
 
-    /// A linear layer that shares its weight with a quantized or float embedding table (tied embeddings).
-    pub fn from_weight(weight: QMatMul, out: usize, inp: usize) -> Linear {
-        Linear { weight, bias: None, out_features: out, in_features: inp }
-    }
-
     /// `x`: (tokens, in) → (tokens, out).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.weight.forward(x)?;
+        let y = match &self.weight {
+            LinearWeight::Candle(w) => w.forward(x)?,
+            LinearWeight::Blocks { format, data } => {
+                let n = x.dim(0)?;
+                let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+                let y = quant_matmul(*format, data, self.out_features, self.in_features, &xs)
+                    .map_err(|e| ModelError::Kernel(e.to_string()))?;
+                Tensor::from_vec(y, (n, self.out_features), x.device())?
+            }
+        };
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -109,11 +140,11 @@ impl Embedding {
         Ok(match self {
             Embedding::Quant(q) => {
                 let (v, h) = q.shape().dims2()?;
-                Linear::from_weight(QMatMul::from_arc(q.clone())?, v, h)
+                Linear { weight: quant_weight(q.clone())?, bias: None, out_features: v, in_features: h }
             }
             Embedding::Float(t) => {
                 let (v, h) = t.dims2()?;
-                Linear::from_weight(QMatMul::Tensor(t.clone()), v, h)
+                Linear { weight: LinearWeight::Candle(QMatMul::Tensor(t.clone())), bias: None, out_features: v, in_features: h }
             }
         })
     }
