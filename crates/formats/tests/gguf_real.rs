@@ -22,6 +22,32 @@ fn models_dir() -> Option<PathBuf> {
     }
 }
 
+/// A `.gguf` whose lower-cased name starts with `prefix`, directly in `dir` or one level down (the model
+/// store's `<name>/<file>` layout that tools/test.sh produces).
+fn find_gguf(dir: &Path, prefix: &str) -> PathBuf {
+    let is_match = |p: &Path| {
+        let n = p.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+        p.is_file() && n.ends_with(".gguf") && (n.starts_with(prefix) || n.replace('.', "-").starts_with(prefix))
+    };
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            let name = p.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+            for f in std::fs::read_dir(&p).into_iter().flatten().flatten() {
+                let fp = f.path();
+                if is_match(&fp) || (name == prefix && fp.extension().is_some_and(|x| x == "gguf")) {
+                    found.push(fp);
+                }
+            }
+        } else if is_match(&p) {
+            found.push(p);
+        }
+    }
+    found.sort();
+    found.into_iter().next().unwrap_or_else(|| panic!("no {prefix}*.gguf under {}", dir.display()))
+}
+
 #[test]
 fn vocab_only_files() {
     let dir = vocab_dir();
@@ -92,7 +118,7 @@ fn type_histogram(f: &GgufFile) -> BTreeMap<&'static str, usize> {
 #[test]
 fn real_models() {
     let Some(dir) = models_dir() else { return };
-    let qwen = GgufFile::open(dir.join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")).unwrap();
+    let qwen = GgufFile::open(find_gguf(&dir, "qwen2.5-coder-0.5b-instruct")).unwrap();
     assert_eq!(qwen.architecture(), Some("qwen2"));
     assert_eq!(qwen.get_u32("qwen2.block_count"), Some(24));
     assert_eq!(qwen.get_u32("qwen2.embedding_length"), Some(896));
@@ -150,7 +176,7 @@ fn real_models() {
         .unwrap();
     assert!(end <= qwen.file_len() && qwen.file_len() - end < 64);
 
-    let smol = GgufFile::open(dir.join("smollm2-135m-instruct-q4_1.gguf")).unwrap();
+    let smol = GgufFile::open(find_gguf(&dir, "smollm2-135m-instruct")).unwrap();
     assert_eq!(smol.architecture(), Some("llama"));
     assert_eq!(smol.get_u32("llama.block_count"), Some(30));
     let h = type_histogram(&smol);
