@@ -25,8 +25,15 @@ pub struct ChatArgs {
 
 pub fn chat(store: &ModelStore, a: ChatArgs) -> Result<()> {
     let m = load_model(store, a.model.as_deref(), &a.gen)?;
-    let name = m.info.name.clone().unwrap_or_else(|| m.info.path.display().to_string());
-    eprintln!("baimo chat · {name} · loaded in {:.2}s", m.load_time.as_secs_f64());
+    let name = m
+        .info
+        .name
+        .clone()
+        .unwrap_or_else(|| m.info.path.display().to_string());
+    eprintln!(
+        "baimo chat · {name} · loaded in {:.2}s",
+        m.load_time.as_secs_f64()
+    );
     if m.template.is_fallback() {
         eprintln!("note: the model has no chat template; using the built-in ChatML template");
     }
@@ -67,14 +74,22 @@ pub fn chat(store: &ModelStore, a: ChatArgs) -> Result<()> {
             eprintln!("(system message set; conversation cleared)");
             continue;
         }
-        history.push(Message { role: "user".into(), content: line.to_string() });
+        history.push(Message {
+            role: "user".into(),
+            content: line.to_string(),
+        });
         let mut msgs = Vec::new();
         if let Some(s) = &system {
-            msgs.push(Message { role: "system".into(), content: s.clone() });
+            msgs.push(Message {
+                role: "system".into(),
+                content: s.clone(),
+            });
         }
         msgs.extend(history.iter().cloned());
         let text = m.template.render(&msgs, true)?;
-        let tokens = m.tokenizer.encode(&text, template_wants_bos(&m, &text), true)?;
+        let tokens = m
+            .tokenizer
+            .encode(&text, template_wants_bos(&m, &text), true)?;
         if tokens.len() >= ctx {
             eprintln!("error: the conversation is {} tokens but the context holds {ctx}; /reset to start over", tokens.len());
             history.pop();
@@ -90,11 +105,18 @@ pub fn chat(store: &ModelStore, a: ChatArgs) -> Result<()> {
         eprintln!(
             "[{} tokens, {:.1} tok/s; prompt {} tokens ({} cached)]",
             g.completion_tokens(),
-            if secs > 0.0 { g.completion_tokens() as f64 / secs } else { 0.0 },
+            if secs > 0.0 {
+                g.completion_tokens() as f64 / secs
+            } else {
+                0.0
+            },
             g.prompt_tokens,
             g.cached_tokens
         );
-        history.push(Message { role: "assistant".into(), content: g.text.clone() });
+        history.push(Message {
+            role: "assistant".into(),
+            content: g.text.clone(),
+        });
     }
     Ok(())
 }

@@ -17,24 +17,37 @@ pub fn store(dir: Option<PathBuf>) -> ModelStore {
 
 /// A path, a pulled model or a catalog name (pulled on first use).
 pub fn resolve_model(store: &ModelStore, spec: Option<&str>) -> Result<PathBuf> {
-    let spec = spec.map(str::to_string).unwrap_or_else(|| baimo_store::DEFAULT_MODEL.to_string());
+    let spec = spec
+        .map(str::to_string)
+        .unwrap_or_else(|| baimo_store::DEFAULT_MODEL.to_string());
     if let Some(p) = store.resolve(&spec) {
         return Ok(p);
     }
     let looks_like_path = !spec.starts_with("hf:")
-        && (spec.contains('/') || spec.contains('\\') || [".gguf", ".bin", ".safetensors"].iter().any(|e| spec.ends_with(e)));
+        && (spec.contains('/')
+            || spec.contains('\\')
+            || [".gguf", ".bin", ".safetensors"]
+                .iter()
+                .any(|e| spec.ends_with(e)));
     if looks_like_path {
         anyhow::bail!("{spec}: no such file or directory");
     }
-    eprintln!("model `{spec}` is not here yet; pulling it into {}", store.dir().display());
-    let pulled = store.pull(&spec, &PullOptions::default()).with_context(|| format!("pulling `{spec}`"))?;
+    eprintln!(
+        "model `{spec}` is not here yet; pulling it into {}",
+        store.dir().display()
+    );
+    let pulled = store
+        .pull(&spec, &PullOptions::default())
+        .with_context(|| format!("pulling `{spec}`"))?;
     Ok(pulled.path)
 }
 
 pub fn load_model(store: &ModelStore, spec: Option<&str>, flags: &GenFlags) -> Result<LoadedModel> {
     flags.init_threads();
     let path = resolve_model(store, spec)?;
-    let opts = LoadOptions { tokenizer: flags.tokenizer.clone() };
+    let opts = LoadOptions {
+        tokenizer: flags.tokenizer.clone(),
+    };
     baimo_engine::load(&path, &opts).with_context(|| format!("loading {}", path.display()))
 }
 
@@ -51,8 +64,13 @@ pub struct InfoArgs {
 
 pub fn info(store: &ModelStore, a: InfoArgs) -> Result<()> {
     let path = resolve_model(store, Some(&a.model))?;
-    let m = baimo_engine::load(&path, &LoadOptions { tokenizer: a.tokenizer.clone() })
-        .with_context(|| format!("loading {}", path.display()))?;
+    let m = baimo_engine::load(
+        &path,
+        &LoadOptions {
+            tokenizer: a.tokenizer.clone(),
+        },
+    )
+    .with_context(|| format!("loading {}", path.display()))?;
     let c = m.model.config();
     println!("path:            {}", m.info.path.display());
     if let Some(n) = &m.info.name {
@@ -60,16 +78,47 @@ pub fn info(store: &ModelStore, a: InfoArgs) -> Result<()> {
     }
     println!("format:          {:?}", m.info.format);
     println!("architecture:    {}", c.arch.name());
-    println!("parameters:      {} ({:.1} M)", c.parameter_count(), c.parameter_count() as f64 / 1e6);
+    println!(
+        "parameters:      {} ({:.1} M)",
+        c.parameter_count(),
+        c.parameter_count() as f64 / 1e6
+    );
     println!("layers:          {}", c.num_hidden_layers);
-    println!("hidden size:     {}  (intermediate {})", c.hidden_size, c.intermediate_size);
-    println!("attention:       {} heads, {} kv heads, head dim {}{}{}", c.num_attention_heads, c.num_key_value_heads, c.head_dim,
-        if c.attention_bias { ", qkv bias" } else { "" }, if c.qk_norm { ", q/k norm" } else { "" });
+    println!(
+        "hidden size:     {}  (intermediate {})",
+        c.hidden_size, c.intermediate_size
+    );
+    println!(
+        "attention:       {} heads, {} kv heads, head dim {}{}{}",
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.head_dim,
+        if c.attention_bias { ", qkv bias" } else { "" },
+        if c.qk_norm { ", q/k norm" } else { "" }
+    );
     println!("context length:  {}", c.max_position_embeddings);
-    println!("rope:            theta {}, {:?} pairs{}", c.rope_theta, c.rope_style,
-        match &c.rope_scaling { None => String::new(), Some(s) => format!(", scaling {}", scaling_name(s)) });
-    println!("embeddings:      {}", if c.tie_word_embeddings { "tied" } else { "untied" });
-    println!("vocab:           {} ({})", m.tokenizer.vocab_size(), m.tokenizer.kind());
+    println!(
+        "rope:            theta {}, {:?} pairs{}",
+        c.rope_theta,
+        c.rope_style,
+        match &c.rope_scaling {
+            None => String::new(),
+            Some(s) => format!(", scaling {}", scaling_name(s)),
+        }
+    );
+    println!(
+        "embeddings:      {}",
+        if c.tie_word_embeddings {
+            "tied"
+        } else {
+            "untied"
+        }
+    );
+    println!(
+        "vocab:           {} ({})",
+        m.tokenizer.vocab_size(),
+        m.tokenizer.kind()
+    );
     if let Some(ft) = &m.info.file_type {
         println!("file type:       {ft}");
     }
@@ -81,7 +130,14 @@ pub fn info(store: &ModelStore, a: InfoArgs) -> Result<()> {
         let s: Vec<String> = counts.iter().map(|(k, v)| format!("{k}×{v}")).collect();
         println!("tensor types:    {}", s.join(", "));
     }
-    println!("chat template:   {}", if m.template.is_fallback() { "none in the model (ChatML fallback)" } else { "present" });
+    println!(
+        "chat template:   {}",
+        if m.template.is_fallback() {
+            "none in the model (ChatML fallback)"
+        } else {
+            "present"
+        }
+    );
     if a.tensors {
         for t in &m.info.tensors {
             println!("  {:<40} {:<6} {:?}", t.name, t.dtype, t.shape);
@@ -121,17 +177,29 @@ pub struct RunArgs {
     pub gen: GenFlags,
 }
 
-pub fn prompt_tokens(m: &LoadedModel, system: Option<&str>, prompt: &str, raw: bool) -> Result<Vec<u32>> {
+pub fn prompt_tokens(
+    m: &LoadedModel,
+    system: Option<&str>,
+    prompt: &str,
+    raw: bool,
+) -> Result<Vec<u32>> {
     if raw {
         return Ok(m.tokenizer.encode(prompt, true, false)?);
     }
     let mut msgs = Vec::new();
     if let Some(s) = system {
-        msgs.push(Message { role: "system".into(), content: s.into() });
+        msgs.push(Message {
+            role: "system".into(),
+            content: s.into(),
+        });
     }
-    msgs.push(Message { role: "user".into(), content: prompt.into() });
+    msgs.push(Message {
+        role: "user".into(),
+        content: prompt.into(),
+    });
     let text = m.template.render(&msgs, true)?;
-    Ok(m.tokenizer.encode(&text, template_wants_bos(m, &text), true)?)
+    Ok(m.tokenizer
+        .encode(&text, template_wants_bos(m, &text), true)?)
 }
 
 /// A rendered template that already starts with the BOS text must not get a second BOS (llama.cpp checks
@@ -179,7 +247,11 @@ pub fn run(store: &ModelStore, a: RunArgs) -> Result<()> {
         g.prompt_tokens,
         g.prefill_time.as_secs_f64(),
         g.completion_tokens(),
-        if secs > 0.0 { g.completion_tokens() as f64 / secs } else { 0.0 }
+        if secs > 0.0 {
+            g.completion_tokens() as f64 / secs
+        } else {
+            0.0
+        }
     );
     Ok(())
 }
@@ -205,7 +277,8 @@ pub fn perplexity(store: &ModelStore, a: PerplexityArgs) -> Result<()> {
     }
     let path = resolve_model(store, Some(&a.model))?;
     let m = baimo_engine::load(&path, &LoadOptions::default())?;
-    let text = std::fs::read_to_string(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
+    let text = std::fs::read_to_string(&a.file)
+        .with_context(|| format!("reading {}", a.file.display()))?;
     let r = baimo_engine::perplexity(&m.model, &m.tokenizer, &text, a.ctx, |done, total| {
         if !a.json {
             eprint!("\r[{done}/{total}]");
@@ -215,9 +288,17 @@ pub fn perplexity(store: &ModelStore, a: PerplexityArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         eprintln!();
-        let chunks: Vec<String> = r.per_chunk.iter().enumerate().map(|(i, p)| format!("[{}]{:.4}", i + 1, p)).collect();
+        let chunks: Vec<String> = r
+            .per_chunk
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("[{}]{:.4}", i + 1, p))
+            .collect();
         println!("{}", chunks.join(","));
-        println!("Final estimate: PPL = {:.4} +/- {:.5}  ({} chunks of {} tokens, {} tokens)", r.ppl, r.ppl_err, r.chunks, r.ctx, r.tokens);
+        println!(
+            "Final estimate: PPL = {:.4} +/- {:.5}  ({} chunks of {} tokens, {} tokens)",
+            r.ppl, r.ppl_err, r.chunks, r.ctx, r.tokens
+        );
     }
     Ok(())
 }
@@ -241,11 +322,20 @@ pub fn list(store: &ModelStore) -> Result<()> {
         println!("  (none)");
     }
     for m in &models {
-        println!("  {:<36} {:>8.1} MB  {}", m.name, m.size as f64 / 1e6, m.path.display());
+        println!(
+            "  {:<36} {:>8.1} MB  {}",
+            m.name,
+            m.size as f64 / 1e6,
+            m.path.display()
+        );
     }
     println!("catalog:");
     for e in baimo_store::catalog() {
-        let star = if e.name == baimo_store::DEFAULT_MODEL { " (default)" } else { "" };
+        let star = if e.name == baimo_store::DEFAULT_MODEL {
+            " (default)"
+        } else {
+            ""
+        };
         println!("  {:<36} {}{}", e.name, e.description, star);
     }
     Ok(())

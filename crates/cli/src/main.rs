@@ -9,7 +9,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "baimo", version, about = "Baimo (百模): run, chat with and serve Llama- and Qwen-family models")]
+#[command(
+    name = "baimo",
+    version,
+    about = "Baimo (百模): run, chat with and serve Llama- and Qwen-family models"
+)]
 struct Cli {
     /// Where pulled models live (default: the user's data dir, baimo/models).
     #[arg(long, global = true, env = "BAIMO_MODELS_DIR")]
@@ -38,7 +42,10 @@ enum Command {
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("BAIMO_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BAIMO_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();

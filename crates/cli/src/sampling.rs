@@ -66,7 +66,13 @@ impl GenFlags {
         p.presence_penalty = self.presence_penalty;
         p.frequency_penalty = self.frequency_penalty;
         p.seed = self.seed;
-        GenerateOptions { max_tokens: self.max_tokens, sampling: p, stop: self.stop.clone(), logprobs: None, ignore_eos: false }
+        GenerateOptions {
+            max_tokens: self.max_tokens,
+            sampling: p,
+            stop: self.stop.clone(),
+            logprobs: None,
+            ignore_eos: false,
+        }
     }
 
     pub fn ctx_for(&self, model_ctx: usize) -> usize {
@@ -75,13 +81,8 @@ impl GenFlags {
 
     pub fn init_threads(&self) {
         if let Some(n) = self.threads {
-            // candle's CPU ops use rayon's global pool.
-            let _ = rayon_pool(n);
+            // candle's CPU ops and our kernels use rayon's global pool, sized from this variable on first use.
+            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
         }
     }
-}
-
-fn rayon_pool(n: usize) -> Result<(), String> {
-    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    Ok(())
 }

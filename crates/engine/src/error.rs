@@ -18,6 +18,8 @@ pub enum EngineError {
     MissingTokenizer { path: String },
     #[error("{path}: {message}")]
     Io { path: String, message: String },
-    #[error("perplexity needs at least 2 × ctx tokens... the text has {tokens} tokens, ctx is {ctx}")]
+    #[error(
+        "perplexity needs at least 2 × ctx tokens (and ctx ≥ 8): the text has {tokens} tokens, ctx is {ctx}"
+    )]
     TextTooShort { tokens: usize, ctx: usize },
 }

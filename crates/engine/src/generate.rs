@@ -85,7 +85,10 @@ pub struct Session {
 
 impl Session {
     pub fn new(model: &Transformer, ctx: usize) -> Session {
-        Session { cache: KvCache::new(model.config(), ctx), tokens: Vec::new() }
+        Session {
+            cache: KvCache::new(model.config(), ctx),
+            tokens: Vec::new(),
+        }
     }
     pub fn ctx(&self) -> usize {
         self.cache.max_len()
@@ -113,15 +116,27 @@ impl Session {
         }
         let ctx = self.ctx();
         if prompt.len() > ctx {
-            return Err(EngineError::PromptTooLong { prompt: prompt.len(), ctx });
+            return Err(EngineError::PromptTooLong {
+                prompt: prompt.len(),
+                ctx,
+            });
         }
         // Reuse the cached prefix; always recompute at least the last prompt token to get its logits.
-        let common = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
+        let common = self
+            .tokens
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(prompt.len() - 1);
         self.cache.truncate(common);
         self.tokens.truncate(common);
 
         let t0 = Instant::now();
-        let mut logits = model.forward(&prompt[common..], &mut self.cache, Logits::Last)?.flatten_all()?.to_vec1::<f32>()?;
+        let mut logits = model
+            .forward(&prompt[common..], &mut self.cache, Logits::Last)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         self.tokens.extend_from_slice(&prompt[common..]);
         let prefill_time = t0.elapsed();
 
@@ -142,9 +157,16 @@ impl Session {
                     let lp = log_softmax(&logits);
                     let top = top_logprobs(&lp, k)
                         .into_iter()
-                        .map(|(id, logprob)| TopLogprob { id, text: piece(tokenizer, id), logprob })
+                        .map(|(id, logprob)| TopLogprob {
+                            id,
+                            text: piece(tokenizer, id),
+                            logprob,
+                        })
                         .collect();
-                    (lp.get(id as usize).copied().unwrap_or(f32::NEG_INFINITY), top)
+                    (
+                        lp.get(id as usize).copied().unwrap_or(f32::NEG_INFINITY),
+                        top,
+                    )
                 }
                 None => (f32::NAN, Vec::new()),
             };
@@ -153,7 +175,12 @@ impl Session {
                 finish = FinishReason::Stop;
                 break;
             }
-            tokens.push(GeneratedToken { id, text: piece(tokenizer, id), logprob, top_logprobs: top });
+            tokens.push(GeneratedToken {
+                id,
+                text: piece(tokenizer, id),
+                logprob,
+                top_logprobs: top,
+            });
             let out = stop.push(&decoder.push(id));
             if !out.emit.is_empty() {
                 text.push_str(&out.emit);
@@ -171,7 +198,10 @@ impl Session {
                 finish = FinishReason::Length;
                 break;
             }
-            logits = model.forward(&[id], &mut self.cache, Logits::Last)?.flatten_all()?.to_vec1::<f32>()?;
+            logits = model
+                .forward(&[id], &mut self.cache, Logits::Last)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
             self.tokens.push(id);
         }
         if !stopped {

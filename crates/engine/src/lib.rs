@@ -10,7 +10,9 @@ pub mod sampler;
 pub mod stop;
 
 pub use error::EngineError;
-pub use generate::{FinishReason, GenerateOptions, Generation, GeneratedToken, Session, TopLogprob};
+pub use generate::{
+    FinishReason, GenerateOptions, GeneratedToken, Generation, Session, TopLogprob,
+};
 pub use loader::{load, LoadOptions, LoadedModel, ModelInfo};
 pub use perplexity::{perplexity, PerplexityReport};
 pub use sampler::{Sampler, SamplingParams};

@@ -45,12 +45,19 @@ fn detect(path: &Path) -> Result<ModelFormat> {
         if path.join("config.json").is_file() {
             return Ok(ModelFormat::Safetensors);
         }
-        return Err(EngineError::UnknownModelFormat { path: path.display().to_string() });
+        return Err(EngineError::UnknownModelFormat {
+            path: path.display().to_string(),
+        });
     }
     let mut magic = [0u8; 4];
-    let mut f = std::fs::File::open(path)
-        .map_err(|e| EngineError::Io { path: path.display().to_string(), message: e.to_string() })?;
-    let n = f.read(&mut magic).map_err(|e| EngineError::Io { path: path.display().to_string(), message: e.to_string() })?;
+    let mut f = std::fs::File::open(path).map_err(|e| EngineError::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let n = f.read(&mut magic).map_err(|e| EngineError::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
     if n == 4 && &magic == b"GGUF" {
         return Ok(ModelFormat::Gguf);
     }
@@ -61,12 +68,16 @@ fn detect(path: &Path) -> Result<ModelFormat> {
         // Let the GGUF reader name the problem (bad magic, truncation).
         return Ok(ModelFormat::Gguf);
     }
-    Err(EngineError::UnknownModelFormat { path: path.display().to_string() })
+    Err(EngineError::UnknownModelFormat {
+        path: path.display().to_string(),
+    })
 }
 
 fn template_for(tokenizer: &Tokenizer) -> Result<ChatTemplate> {
     Ok(match tokenizer.chat_template() {
-        Some(src) => ChatTemplate::new(src, &tokenizer.bos_token_str(), &tokenizer.eos_token_str())?,
+        Some(src) => {
+            ChatTemplate::new(src, &tokenizer.bos_token_str(), &tokenizer.eos_token_str())?
+        }
         None => ChatTemplate::chatml(),
     })
 }
@@ -99,15 +110,23 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
                 tensors: Vec::new(),
                 file_type: None,
             };
-            (model, tokenizer, hf_sampling(&path.join("generation_config.json")), info)
+            (
+                model,
+                tokenizer,
+                hf_sampling(&path.join("generation_config.json")),
+                info,
+            )
         }
         ModelFormat::Llama2c => {
             let ckpt = Llama2cCheckpoint::open(path)?;
             let vocab = ckpt.config.vocab_size;
             let tok_path = match &opts.tokenizer {
                 Some(p) => p.clone(),
-                None => find_llama2c_tokenizer(path, vocab)
-                    .ok_or_else(|| EngineError::MissingTokenizer { path: path.display().to_string() })?,
+                None => find_llama2c_tokenizer(path, vocab).ok_or_else(|| {
+                    EngineError::MissingTokenizer {
+                        path: path.display().to_string(),
+                    }
+                })?,
             };
             let tokenizer = Tokenizer::from_llama2c(&tok_path, vocab)?;
             let model = Transformer::from_llama2c(&ckpt)?;
@@ -122,7 +141,14 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
         }
     };
     let template = template_for(&tokenizer)?;
-    Ok(LoadedModel { model, tokenizer, template, defaults, info, load_time: t0.elapsed() })
+    Ok(LoadedModel {
+        model,
+        tokenizer,
+        template,
+        defaults,
+        info,
+        load_time: t0.elapsed(),
+    })
 }
 
 fn find_llama2c_tokenizer(path: &Path, vocab: usize) -> Option<PathBuf> {

@@ -21,14 +21,27 @@ pub struct PerplexityReport {
     pub ppl_err: f64,
 }
 
-pub fn perplexity(model: &Transformer, tokenizer: &Tokenizer, text: &str, ctx: usize, mut progress: impl FnMut(usize, usize)) -> Result<PerplexityReport> {
+pub fn perplexity(
+    model: &Transformer,
+    tokenizer: &Tokenizer,
+    text: &str,
+    ctx: usize,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<PerplexityReport> {
     let tokens = tokenizer.encode(text, true, false)?;
     if ctx < 8 || tokens.len() < 2 * ctx {
-        return Err(EngineError::TextTooShort { tokens: tokens.len(), ctx });
+        return Err(EngineError::TextTooShort {
+            tokens: tokens.len(),
+            ctx,
+        });
     }
     let n_chunks = tokens.len() / ctx;
     let first = ctx / 2;
-    let bos = if tokenizer.adds_bos() { tokenizer.bos_id() } else { None };
+    let bos = if tokenizer.adds_bos() {
+        tokenizer.bos_id()
+    } else {
+        None
+    };
     let (mut nll, mut nll2, mut count) = (0f64, 0f64, 0usize);
     let mut per_chunk = Vec::with_capacity(n_chunks);
     let mut cache = KvCache::new(model.config(), ctx);
@@ -38,7 +51,9 @@ pub fn perplexity(model: &Transformer, tokenizer: &Tokenizer, text: &str, ctx: u
             chunk[0] = b;
         }
         cache.clear();
-        let logits = model.forward(&chunk, &mut cache, Logits::All)?.to_vec2::<f32>()?;
+        let logits = model
+            .forward(&chunk, &mut cache, Logits::All)?
+            .to_vec2::<f32>()?;
         for j in first..ctx - 1 {
             let lp = log_softmax(&logits[j]);
             let v = -(lp[tokens[c * ctx + j + 1] as usize] as f64);
@@ -52,6 +67,17 @@ pub fn perplexity(model: &Transformer, tokenizer: &Tokenizer, text: &str, ctx: u
     let mean = nll / count as f64;
     let ppl = mean.exp();
     let var = (nll2 / count as f64 - mean * mean).max(0.0);
-    let ppl_err = if count > 1 { ppl * (var / (count as f64 - 1.0)).sqrt() } else { 0.0 };
-    Ok(PerplexityReport { ctx, chunks: n_chunks, tokens: tokens.len(), per_chunk, ppl, ppl_err })
+    let ppl_err = if count > 1 {
+        ppl * (var / (count as f64 - 1.0)).sqrt()
+    } else {
+        0.0
+    };
+    Ok(PerplexityReport {
+        ctx,
+        chunks: n_chunks,
+        tokens: tokens.len(),
+        per_chunk,
+        ppl,
+        ppl_err,
+    })
 }

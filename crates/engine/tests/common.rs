@@ -9,7 +9,11 @@ pub fn refdata() -> PathBuf {
         return Path::new(&s).join("refdata");
     }
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/refdata");
-    assert!(p.is_dir(), "shared reference data not found at {} (set BAIMO_SHARED)", p.display());
+    assert!(
+        p.is_dir(),
+        "shared reference data not found at {} (set BAIMO_SHARED)",
+        p.display()
+    );
     p
 }
 
@@ -20,7 +24,9 @@ pub fn fixtures() -> PathBuf {
 /// The real models tools/test.sh pulls. Missing files fail the test unless BAIMO_SKIP_REAL_MODELS=1.
 pub fn real_model(name: &str) -> Option<PathBuf> {
     let dir = std::env::var("BAIMO_TEST_MODELS_DIR").ok();
-    let found = dir.as_ref().and_then(|d| baimo_store::ModelStore::new(PathBuf::from(d)).resolve(name));
+    let found = dir
+        .as_ref()
+        .and_then(|d| baimo_store::ModelStore::new(PathBuf::from(d)).resolve(name));
     if found.is_none() {
         if std::env::var("BAIMO_SKIP_REAL_MODELS").as_deref() == Ok("1") {
             eprintln!("skipping: {name} not available and BAIMO_SKIP_REAL_MODELS=1");

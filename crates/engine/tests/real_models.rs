@@ -10,11 +10,18 @@ use serde_json::Value;
 
 fn json(rel: &str) -> Value {
     let p = common::fixtures().join(rel);
-    serde_json::from_str(&std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
+    serde_json::from_str(
+        &std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
+    )
+    .unwrap()
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 /// Catalog name for a reference entry.
@@ -39,11 +46,16 @@ const NEAR_TIE: f64 = 0.35;
 /// Checks every prompt and returns how many gave all their tokens identical to llama.cpp.
 fn check_greedy(model_ref: &Value) -> usize {
     let name = catalog_name(model_ref["name"].as_str().unwrap());
-    let Some(path) = common::real_model(name) else { return usize::MAX };
+    let Some(path) = common::real_model(name) else {
+        return usize::MAX;
+    };
     let m = baimo_engine::load(&path, &LoadOptions::default()).unwrap();
     assert!(!m.template.is_fallback(), "{name} ships a chat template");
     for eog in ids(&model_ref["eog_ids"]) {
-        assert!(m.tokenizer.is_eog(eog), "{name}: token {eog} ends generation in llama.cpp");
+        assert!(
+            m.tokenizer.is_eog(eog),
+            "{name}: token {eog} ends generation in llama.cpp"
+        );
     }
     let mut compared = 0;
     let prompts = model_ref["prompts"].as_array().unwrap();
@@ -56,15 +68,25 @@ fn check_greedy(model_ref: &Value) -> usize {
             .map(|x| Message::new(x["role"].as_str().unwrap(), x["content"].as_str().unwrap()))
             .collect();
         let text = m.template.render(&msgs, true).unwrap();
-        assert_eq!(text, p["prompt_text"].as_str().unwrap(), "{name}/{pid}: rendered template");
+        assert_eq!(
+            text,
+            p["prompt_text"].as_str().unwrap(),
+            "{name}/{pid}: rendered template"
+        );
         let add_bos = model_ref["add_bos"].as_bool().unwrap();
         let tokens = m.tokenizer.encode(&text, add_bos, true).unwrap();
         assert_eq!(tokens, ids(&p["prompt_ids"]), "{name}/{pid}: prompt tokens");
 
         let expected = ids(&p["output_ids"]);
-        let opts = GenerateOptions { max_tokens: 32, sampling: SamplingParams::greedy(), ..Default::default() };
+        let opts = GenerateOptions {
+            max_tokens: 32,
+            sampling: SamplingParams::greedy(),
+            ..Default::default()
+        };
         let mut s = Session::new(&m.model, 1024);
-        let g = s.generate(&m.model, &m.tokenizer, &tokens, &opts, |_| true).unwrap();
+        let g = s
+            .generate(&m.model, &m.tokenizer, &tokens, &opts, |_| true)
+            .unwrap();
         let mut ours: Vec<u32> = g.tokens.iter().map(|t| t.id).collect();
         if ours.len() < 32 && g.finish_reason == baimo_engine::FinishReason::Stop {
             // llama.cpp's reference lists the end-of-generation token; Baimo stops before emitting it.
@@ -78,13 +100,22 @@ fn check_greedy(model_ref: &Value) -> usize {
         let first_diff = ours.iter().zip(&expected).position(|(a, b)| a != b);
         match first_diff {
             None => {
-                assert_eq!(ours.len(), expected.len(), "{name}/{pid}: length\n ours {ours:?}\n ref  {expected:?}");
+                assert_eq!(
+                    ours.len(),
+                    expected.len(),
+                    "{name}/{pid}: length\n ours {ours:?}\n ref  {expected:?}"
+                );
                 compared += 1;
                 println!("{name}/{pid}: {} tokens identical to llama.cpp", ours.len());
             }
             Some(i) => {
                 let margin = steps[i]["margin_to_second"].as_f64().unwrap();
-                let top: Vec<u32> = steps[i]["top"].as_array().unwrap().iter().map(|t| t[0].as_u64().unwrap() as u32).collect();
+                let top: Vec<u32> = steps[i]["top"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| t[0].as_u64().unwrap() as u32)
+                    .collect();
                 assert!(
                     margin < NEAR_TIE && top.contains(&ours[i]),
                     "{name}/{pid}: token {i} differs (ours {}, llama.cpp {}; llama.cpp's top-2 margin {margin:.4}, top-5 {top:?})\n ours {ours:?}\n ref  {expected:?}",
@@ -94,7 +125,10 @@ fn check_greedy(model_ref: &Value) -> usize {
             }
         }
     }
-    println!("{name}: {compared}/{} prompts identical to llama.cpp for all their tokens", prompts.len());
+    println!(
+        "{name}: {compared}/{} prompts identical to llama.cpp for all their tokens",
+        prompts.len()
+    );
     compared
 }
 
@@ -106,8 +140,18 @@ const QWEN_MIN_IDENTICAL: usize = 4;
 #[test]
 fn qwen25_coder_greedy_matches_llama_cpp() {
     let r = json("real/greedy.json");
-    let same = check_greedy(r["models"].as_array().unwrap().iter().find(|m| m["arch"] == "qwen2").unwrap());
-    assert!(same >= QWEN_MIN_IDENTICAL, "only {same} prompts fully identical to llama.cpp");
+    let same = check_greedy(
+        r["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["arch"] == "qwen2")
+            .unwrap(),
+    );
+    assert!(
+        same >= QWEN_MIN_IDENTICAL,
+        "only {same} prompts fully identical to llama.cpp"
+    );
 }
 
 /// SmolLM2-135M at Q4_1 is small and coarsely quantized: its logits sit closer together, so near-ties come earlier.
@@ -117,24 +161,54 @@ const SMOLLM_MIN_IDENTICAL: usize = 4;
 #[test]
 fn smollm2_greedy_matches_llama_cpp() {
     let r = json("real/greedy.json");
-    let same = check_greedy(r["models"].as_array().unwrap().iter().find(|m| m["arch"] == "llama").unwrap());
-    assert!(same >= SMOLLM_MIN_IDENTICAL, "only {same} prompts fully identical to llama.cpp");
+    let same = check_greedy(
+        r["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["arch"] == "llama")
+            .unwrap(),
+    );
+    assert!(
+        same >= SMOLLM_MIN_IDENTICAL,
+        "only {same} prompts fully identical to llama.cpp"
+    );
 }
 
 #[test]
 fn perplexity_matches_llama_perplexity() {
     let r = json("real/perplexity.json");
-    let text = std::fs::read_to_string(common::fixtures().join(r["text_file"].as_str().unwrap())).unwrap();
+    let text =
+        std::fs::read_to_string(common::fixtures().join(r["text_file"].as_str().unwrap())).unwrap();
     for model_ref in r["models"].as_array().unwrap() {
         let name = catalog_name(model_ref["name"].as_str().unwrap());
-        let Some(path) = common::real_model(name) else { continue };
+        let Some(path) = common::real_model(name) else {
+            continue;
+        };
         let m = baimo_engine::load(&path, &LoadOptions::default()).unwrap();
-        let run = model_ref["runs"].as_array().unwrap().iter().find(|x| x["n_ctx"] == 128).unwrap();
+        let run = model_ref["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["n_ctx"] == 128)
+            .unwrap();
         let expected = run["final_ppl"].as_f64().unwrap();
         let rep = baimo_engine::perplexity(&m.model, &m.tokenizer, &text, 128, |_, _| {}).unwrap();
-        assert_eq!(rep.chunks as u64, run["n_chunks"].as_u64().unwrap(), "{name}: chunk count");
+        assert_eq!(
+            rep.chunks as u64,
+            run["n_chunks"].as_u64().unwrap(),
+            "{name}: chunk count"
+        );
         let rel = (rep.ppl - expected).abs() / expected;
-        println!("{name}: ppl {:.4} vs llama-perplexity {expected:.4} (rel. diff {:.3}%)", rep.ppl, rel * 100.0);
-        assert!(rel <= 0.01, "{name}: perplexity {:.4} vs llama.cpp {expected:.4}", rep.ppl);
+        println!(
+            "{name}: ppl {:.4} vs llama-perplexity {expected:.4} (rel. diff {:.3}%)",
+            rep.ppl,
+            rel * 100.0
+        );
+        assert!(
+            rel <= 0.01,
+            "{name}: perplexity {:.4} vs llama.cpp {expected:.4}",
+            rep.ppl
+        );
     }
 }

@@ -12,11 +12,19 @@ fn reference() -> Value {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn load() -> baimo_engine::LoadedModel {
-    baimo_engine::load(&common::refdata().join("models/stories260K.bin"), &LoadOptions::default()).unwrap()
+    baimo_engine::load(
+        &common::refdata().join("models/stories260K.bin"),
+        &LoadOptions::default(),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -25,7 +33,10 @@ fn encodes_like_run_c() {
     let r = reference();
     for case in r["generated"]["encode"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
-        let ours = m.tokenizer.encode(text, case["bos"].as_bool().unwrap(), false).unwrap();
+        let ours = m
+            .tokenizer
+            .encode(text, case["bos"].as_bool().unwrap(), false)
+            .unwrap();
         assert_eq!(ours, ids(&case["ids"]), "encoding {text:?}");
     }
 }
@@ -46,16 +57,29 @@ fn greedy_matches_run_c() {
             ..Default::default()
         };
         let mut s = Session::new(&m.model, 512);
-        let g = s.generate(&m.model, &m.tokenizer, &prompt, &opts, |_| true).unwrap();
+        let g = s
+            .generate(&m.model, &m.tokenizer, &prompt, &opts, |_| true)
+            .unwrap();
         let mut ours: Vec<u32> = prompt[1..].to_vec();
         ours.extend(g.tokens.iter().map(|t| t.id));
-        assert_eq!(ours, expected, "greedy continuation of {:?}", case["prompt"]);
+        assert_eq!(
+            ours, expected,
+            "greedy continuation of {:?}",
+            case["prompt"]
+        );
     }
     // The published text of llama2.c's own test (200 steps = 200 tokens after BOS, temperature 0).
     let published = &r["published"][0]["expected"];
-    let opts = GenerateOptions { max_tokens: 200, sampling: SamplingParams::greedy(), ignore_eos: true, ..Default::default() };
+    let opts = GenerateOptions {
+        max_tokens: 200,
+        sampling: SamplingParams::greedy(),
+        ignore_eos: true,
+        ..Default::default()
+    };
     let mut s = Session::new(&m.model, 512);
-    let g = s.generate(&m.model, &m.tokenizer, &[1], &opts, |_| true).unwrap();
+    let g = s
+        .generate(&m.model, &m.tokenizer, &[1], &opts, |_| true)
+        .unwrap();
     assert_eq!(g.text.trim_end(), published.as_str().unwrap());
 }
 
@@ -65,12 +89,38 @@ fn logits_match_run_c() {
     let r = reference();
     for case in r["generated"]["logits"].as_array().unwrap() {
         let input = ids(&case["input_ids"]);
-        let expected: Vec<f32> = case["values"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        let expected: Vec<f32> = case["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
         let mut cache = KvCache::new(m.model.config(), 512);
-        let ours = m.model.forward(&input, &mut cache, Logits::Last).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let err = ours.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(err <= 1e-4, "position {}: max abs error {err}", case["position"]);
-        let argmax = |v: &[f32]| v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
+        let ours = m
+            .model
+            .forward(&input, &mut cache, Logits::Last)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let err = ours
+            .iter()
+            .zip(&expected)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            err <= 1e-4,
+            "position {}: max abs error {err}",
+            case["position"]
+        );
+        let argmax = |v: &[f32]| {
+            v.iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .unwrap()
+                .0
+        };
         assert_eq!(argmax(&ours), argmax(&expected));
     }
 }

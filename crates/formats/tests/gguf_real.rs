@@ -26,17 +26,26 @@ fn models_dir() -> Option<PathBuf> {
 /// store's `<name>/<file>` layout that tools/test.sh produces).
 fn find_gguf(dir: &Path, prefix: &str) -> PathBuf {
     let is_match = |p: &Path| {
-        let n = p.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
-        p.is_file() && n.ends_with(".gguf") && (n.starts_with(prefix) || n.replace('.', "-").starts_with(prefix))
+        let n = p
+            .file_name()
+            .map(|n| n.to_string_lossy().to_lowercase())
+            .unwrap_or_default();
+        p.is_file()
+            && n.ends_with(".gguf")
+            && (n.starts_with(prefix) || n.replace('.', "-").starts_with(prefix))
     };
     let mut found = Vec::new();
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let p = e.path();
         if p.is_dir() {
-            let name = p.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().to_lowercase())
+                .unwrap_or_default();
             for f in std::fs::read_dir(&p).into_iter().flatten().flatten() {
                 let fp = f.path();
-                if is_match(&fp) || (name == prefix && fp.extension().is_some_and(|x| x == "gguf")) {
+                if is_match(&fp) || (name == prefix && fp.extension().is_some_and(|x| x == "gguf"))
+                {
                     found.push(fp);
                 }
             }
@@ -45,7 +54,10 @@ fn find_gguf(dir: &Path, prefix: &str) -> PathBuf {
         }
     }
     found.sort();
-    found.into_iter().next().unwrap_or_else(|| panic!("no {prefix}*.gguf under {}", dir.display()))
+    found
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no {prefix}*.gguf under {}", dir.display()))
 }
 
 #[test]

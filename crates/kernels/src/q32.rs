@@ -40,7 +40,13 @@ pub enum KernelError {
     #[error("row length {cols} is not a multiple of the block size 32")]
     RaggedRow { cols: usize },
     #[error("weight data is {len} bytes, expected {expected} for {rows}×{cols} {format:?}")]
-    WeightSize { len: usize, expected: usize, rows: usize, cols: usize, format: BlockFormat },
+    WeightSize {
+        len: usize,
+        expected: usize,
+        rows: usize,
+        cols: usize,
+        format: BlockFormat,
+    },
     #[error("activations hold {len} values, not a multiple of the row length {cols}")]
     ActivationSize { len: usize, cols: usize },
 }
@@ -83,7 +89,11 @@ fn unpack(format: BlockFormat, b: &[u8]) -> Unpacked {
                 m = f16_at(b, 2);
                 (u32::from_le_bytes([b[4], b[5], b[6], b[7]]), &b[8..24], 0i8)
             } else {
-                (u32::from_le_bytes([b[2], b[3], b[4], b[5]]), &b[6..22], 16i8)
+                (
+                    u32::from_le_bytes([b[2], b[3], b[4], b[5]]),
+                    &b[6..22],
+                    16i8,
+                )
             };
             for j in 0..QK / 2 {
                 let h0 = (((qh >> j) << 4) & 0x10) as u8;
@@ -106,7 +116,11 @@ struct Q8Row {
 /// ggml's x86 `quantize_row_q8_0` / `quantize_row_q8_1`.
 fn quantize_row(x: &[f32]) -> Q8Row {
     let nb = x.len() / QK;
-    let mut row = Q8Row { d: Vec::with_capacity(nb), s: Vec::with_capacity(nb), q: vec![0; x.len()] };
+    let mut row = Q8Row {
+        d: Vec::with_capacity(nb),
+        s: Vec::with_capacity(nb),
+        q: vec![0; x.len()],
+    };
     for (bi, block) in x.chunks_exact(QK).enumerate() {
         let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
         let d = amax / 127.0;
@@ -130,14 +144,26 @@ fn dot_i8(a: &[i8; QK], b: &[i8]) -> i32 {
 
 /// `out[t][r] = Σ_c W[r][c] · x[t][c]` for `x` of `n` rows × `cols`, `W` of `rows` × `cols` in `format`.
 /// Returns `n × rows` values, row-major.
-pub fn quant_matmul(format: BlockFormat, w: &[u8], rows: usize, cols: usize, x: &[f32]) -> Result<Vec<f32>, KernelError> {
+pub fn quant_matmul(
+    format: BlockFormat,
+    w: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+) -> Result<Vec<f32>, KernelError> {
     if cols % QK != 0 {
         return Err(KernelError::RaggedRow { cols });
     }
     let nb = cols / QK;
     let row_bytes = nb * format.block_bytes();
     if w.len() != rows * row_bytes {
-        return Err(KernelError::WeightSize { len: w.len(), expected: rows * row_bytes, rows, cols, format });
+        return Err(KernelError::WeightSize {
+            len: w.len(),
+            expected: rows * row_bytes,
+            rows,
+            cols,
+            format,
+        });
     }
     if cols == 0 || x.len() % cols != 0 {
         return Err(KernelError::ActivationSize { len: x.len(), cols });
@@ -149,7 +175,10 @@ pub fn quant_matmul(format: BlockFormat, w: &[u8], rows: usize, cols: usize, x: 
     let per_row: Vec<Vec<f32>> = w
         .par_chunks_exact(row_bytes)
         .map(|wrow| {
-            let blocks: Vec<Unpacked> = wrow.chunks_exact(format.block_bytes()).map(|b| unpack(format, b)).collect();
+            let blocks: Vec<Unpacked> = wrow
+                .chunks_exact(format.block_bytes())
+                .map(|b| unpack(format, b))
+                .collect();
             acts.iter()
                 .map(|a| {
                     let mut sum = 0f32;
@@ -207,7 +236,13 @@ mod tests {
     #[test]
     fn matches_scalar_reference() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        for format in [BlockFormat::Q4_0, BlockFormat::Q4_1, BlockFormat::Q5_0, BlockFormat::Q5_1, BlockFormat::Q8_0] {
+        for format in [
+            BlockFormat::Q4_0,
+            BlockFormat::Q4_1,
+            BlockFormat::Q5_0,
+            BlockFormat::Q5_1,
+            BlockFormat::Q8_0,
+        ] {
             for (rows, cols, n) in [(1, 32, 1), (31, 64, 3), (33, 96, 1), (7, 4096, 2)] {
                 let w = random_blocks(format, rows, cols, &mut rng);
                 let x: Vec<f32> = (0..n * cols).map(|_| rng.gen_range(-2.0..2.0)).collect();
@@ -215,7 +250,9 @@ mod tests {
                 let row_bytes = cols / QK * format.block_bytes();
                 for t in 0..n {
                     let a = quantize_row(&x[t * cols..(t + 1) * cols]);
-                    let xq: Vec<f64> = (0..cols).map(|c| a.q[c] as f64 * a.d[c / QK] as f64).collect();
+                    let xq: Vec<f64> = (0..cols)
+                        .map(|c| a.q[c] as f64 * a.d[c / QK] as f64)
+                        .collect();
                     for r in 0..rows {
                         let wr = dequantize_row(format, &w[r * row_bytes..(r + 1) * row_bytes]);
                         let mut want = 0f64;
@@ -225,8 +262,12 @@ mod tests {
                             want += wr[c] as f64 * xq[c];
                         }
                         let g = got[t * rows + r] as f64;
-                        let tol = 1e-3 * (1.0 + want.abs()) + if format.has_min() { 2e-2 } else { 0.0 };
-                        assert!((g - want).abs() <= tol, "{format:?} {rows}x{cols} n={n} row {r}: {g} vs {want}");
+                        let tol =
+                            1e-3 * (1.0 + want.abs()) + if format.has_min() { 2e-2 } else { 0.0 };
+                        assert!(
+                            (g - want).abs() <= tol,
+                            "{format:?} {rows}x{cols} n={n} row {r}: {g} vs {want}"
+                        );
                     }
                 }
             }
@@ -248,8 +289,17 @@ mod tests {
 
     #[test]
     fn rejects_bad_shapes() {
-        assert!(matches!(quant_matmul(BlockFormat::Q8_0, &[0; 34], 1, 33, &[0.0; 33]), Err(KernelError::RaggedRow { .. })));
-        assert!(matches!(quant_matmul(BlockFormat::Q8_0, &[0; 33], 1, 32, &[0.0; 32]), Err(KernelError::WeightSize { .. })));
-        assert!(matches!(quant_matmul(BlockFormat::Q8_0, &[0; 34], 1, 32, &[0.0; 31]), Err(KernelError::ActivationSize { .. })));
+        assert!(matches!(
+            quant_matmul(BlockFormat::Q8_0, &[0; 34], 1, 33, &[0.0; 33]),
+            Err(KernelError::RaggedRow { .. })
+        ));
+        assert!(matches!(
+            quant_matmul(BlockFormat::Q8_0, &[0; 33], 1, 32, &[0.0; 32]),
+            Err(KernelError::WeightSize { .. })
+        ));
+        assert!(matches!(
+            quant_matmul(BlockFormat::Q8_0, &[0; 34], 1, 32, &[0.0; 31]),
+            Err(KernelError::ActivationSize { .. })
+        ));
     }
 }

@@ -51,7 +51,12 @@ pub enum RopeScaling {
     /// Positions divided by `factor`.
     Linear { factor: f32 },
     /// Llama 3.1 frequency-dependent scaling (HF `_compute_llama3_parameters`).
-    Llama3 { factor: f32, low_freq_factor: f32, high_freq_factor: f32, original_max_position_embeddings: usize },
+    Llama3 {
+        factor: f32,
+        low_freq_factor: f32,
+        high_freq_factor: f32,
+        original_max_position_embeddings: usize,
+    },
     /// Per-frequency divisors stored in the file (GGUF `rope_freqs.weight`, what llama.cpp's converter writes for
     /// Llama 3.1+ instead of the parameters).
     FreqFactors(Vec<f32>),
@@ -82,15 +87,22 @@ pub struct ModelConfig {
 impl ModelConfig {
     /// Reads the hyper-parameters llama.cpp stores under `{arch}.*`.
     pub fn from_gguf(g: &GgufFile) -> Result<ModelConfig> {
-        let arch_name = g.architecture().ok_or_else(|| ModelError::BadConfig("general.architecture".into()))?;
+        let arch_name = g
+            .architecture()
+            .ok_or_else(|| ModelError::BadConfig("general.architecture".into()))?;
         let arch = Arch::parse(arch_name)?;
         let key = |k: &str| format!("{arch_name}.{k}");
         let req_u = |k: &str| -> Result<usize> {
-            g.get_u64(&key(k)).map(|v| v as usize).ok_or_else(|| ModelError::BadConfig(key(k)))
+            g.get_u64(&key(k))
+                .map(|v| v as usize)
+                .ok_or_else(|| ModelError::BadConfig(key(k)))
         };
         let hidden = req_u("embedding_length")?;
         let heads = req_u("attention.head_count")?;
-        let kv_heads = g.get_u64(&key("attention.head_count_kv")).map(|v| v as usize).unwrap_or(heads);
+        let kv_heads = g
+            .get_u64(&key("attention.head_count_kv"))
+            .map(|v| v as usize)
+            .unwrap_or(heads);
         let head_dim = g
             .get_u64(&key("attention.key_length"))
             .map(|v| v as usize)
@@ -101,7 +113,10 @@ impl ModelConfig {
                 .get("tokenizer.ggml.tokens")
                 .and_then(|v| v.as_array())
                 .map(|a| a.len())
-                .or_else(|| g.tensor("token_embd.weight").and_then(|t| t.dims.get(1).map(|&d| d as usize)))
+                .or_else(|| {
+                    g.tensor("token_embd.weight")
+                        .and_then(|t| t.dims.get(1).map(|&d| d as usize))
+                })
                 .ok_or_else(|| ModelError::BadConfig(key("vocab_size")))?,
         };
         let rope_scaling = match g.get_str(&key("rope.scaling.type")) {
@@ -121,11 +136,20 @@ impl ModelConfig {
             num_key_value_heads: kv_heads,
             head_dim,
             vocab_size: vocab,
-            rms_norm_eps: g.get_f32(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5) as f64,
+            rms_norm_eps: g
+                .get_f32(&key("attention.layer_norm_rms_epsilon"))
+                .unwrap_or(1e-5) as f64,
             rope_theta: g.get_f32(&key("rope.freq_base")).unwrap_or(10_000.0),
             rope_scaling,
-            rope_style: if arch == Arch::Llama { RopeStyle::Interleaved } else { RopeStyle::Half },
-            max_position_embeddings: g.get_u64(&key("context_length")).map(|v| v as usize).unwrap_or(2048),
+            rope_style: if arch == Arch::Llama {
+                RopeStyle::Interleaved
+            } else {
+                RopeStyle::Half
+            },
+            max_position_embeddings: g
+                .get_u64(&key("context_length"))
+                .map(|v| v as usize)
+                .unwrap_or(2048),
             tie_word_embeddings: g.tensor("output.weight").is_none(),
             attention_bias: g.tensor("blk.0.attn_q.bias").is_some(),
             qk_norm: g.tensor("blk.0.attn_q_norm.weight").is_some(),
@@ -135,11 +159,18 @@ impl ModelConfig {
 
     /// Reads a Hugging Face `config.json`.
     pub fn from_hf_config(path: &Path) -> Result<ModelConfig> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ModelError::Io { path: path.display().to_string(), source })?;
-        let j: Json = serde_json::from_str(&text)
-            .map_err(|e| ModelError::Json { path: path.display().to_string(), message: e.to_string() })?;
-        let model_type = j.get("model_type").and_then(Json::as_str).unwrap_or("llama");
+        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let j: Json = serde_json::from_str(&text).map_err(|e| ModelError::Json {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let model_type = j
+            .get("model_type")
+            .and_then(Json::as_str)
+            .unwrap_or("llama");
         let arch = Arch::parse(model_type)?;
         let u = |k: &str| j.get(k).and_then(Json::as_u64).map(|v| v as usize);
         let req = |k: &str| u(k).ok_or_else(|| ModelError::BadConfig(k.to_string()));
@@ -148,19 +179,27 @@ impl ModelConfig {
         let rope_scaling = match j.get("rope_scaling") {
             None | Some(Json::Null) => None,
             Some(s) => {
-                let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(Json::as_str).unwrap_or("");
+                let kind = s
+                    .get("rope_type")
+                    .or_else(|| s.get("type"))
+                    .and_then(Json::as_str)
+                    .unwrap_or("");
                 let f = |k: &str| s.get(k).and_then(Json::as_f64).map(|v| v as f32);
                 match kind {
                     "default" => None,
-                    "linear" => Some(RopeScaling::Linear { factor: f("factor").unwrap_or(1.0) }),
+                    "linear" => Some(RopeScaling::Linear {
+                        factor: f("factor").unwrap_or(1.0),
+                    }),
                     "llama3" => Some(RopeScaling::Llama3 {
-                        factor: f("factor").ok_or_else(|| ModelError::BadConfig("rope_scaling.factor".into()))?,
+                        factor: f("factor")
+                            .ok_or_else(|| ModelError::BadConfig("rope_scaling.factor".into()))?,
                         low_freq_factor: f("low_freq_factor").unwrap_or(1.0),
                         high_freq_factor: f("high_freq_factor").unwrap_or(4.0),
                         original_max_position_embeddings: s
                             .get("original_max_position_embeddings")
                             .and_then(Json::as_u64)
-                            .unwrap_or(8192) as usize,
+                            .unwrap_or(8192)
+                            as usize,
                     }),
                     other => return Err(ModelError::UnsupportedRopeScaling(other.to_string())),
                 }
@@ -176,14 +215,23 @@ impl ModelConfig {
             head_dim: u("head_dim").unwrap_or(if heads > 0 { hidden / heads } else { 0 }),
             vocab_size: req("vocab_size")?,
             rms_norm_eps: j.get("rms_norm_eps").and_then(Json::as_f64).unwrap_or(1e-6),
-            rope_theta: j.get("rope_theta").and_then(Json::as_f64).unwrap_or(10_000.0) as f32,
+            rope_theta: j
+                .get("rope_theta")
+                .and_then(Json::as_f64)
+                .unwrap_or(10_000.0) as f32,
             rope_scaling,
             rope_style: RopeStyle::Half,
             max_position_embeddings: u("max_position_embeddings").unwrap_or(2048),
-            tie_word_embeddings: j.get("tie_word_embeddings").and_then(Json::as_bool).unwrap_or(false),
+            tie_word_embeddings: j
+                .get("tie_word_embeddings")
+                .and_then(Json::as_bool)
+                .unwrap_or(false),
             attention_bias: match arch {
                 Arch::Qwen2 => true,
-                _ => j.get("attention_bias").and_then(Json::as_bool).unwrap_or(false),
+                _ => j
+                    .get("attention_bias")
+                    .and_then(Json::as_bool)
+                    .unwrap_or(false),
             },
             qk_norm: arch == Arch::Qwen3,
         };
@@ -209,7 +257,11 @@ impl ModelConfig {
 
     /// Parameters in the weights this config describes (embeddings counted once when tied).
     pub fn parameter_count(&self) -> u64 {
-        let (h, i, v) = (self.hidden_size as u64, self.intermediate_size as u64, self.vocab_size as u64);
+        let (h, i, v) = (
+            self.hidden_size as u64,
+            self.intermediate_size as u64,
+            self.vocab_size as u64,
+        );
         let q = (self.num_attention_heads * self.head_dim) as u64;
         let kv = (self.num_key_value_heads * self.head_dim) as u64;
         let mut attn = h * q + 2 * h * kv + q * h;
@@ -227,16 +279,30 @@ impl ModelConfig {
     /// Inverse frequencies for each rotary pair, after scaling.
     pub fn rope_inv_freq(&self) -> Vec<f32> {
         let d = self.head_dim;
-        let base: Vec<f64> =
-            (0..d / 2).map(|i| 1.0 / (self.rope_theta as f64).powf(2.0 * i as f64 / d as f64)).collect();
+        let base: Vec<f64> = (0..d / 2)
+            .map(|i| 1.0 / (self.rope_theta as f64).powf(2.0 * i as f64 / d as f64))
+            .collect();
         let scaled: Vec<f64> = match &self.rope_scaling {
             None => base,
-            Some(RopeScaling::Linear { factor }) => base.iter().map(|f| f / *factor as f64).collect(),
-            Some(RopeScaling::FreqFactors(ff)) => {
-                base.iter().enumerate().map(|(i, f)| f / ff.get(i).copied().unwrap_or(1.0) as f64).collect()
+            Some(RopeScaling::Linear { factor }) => {
+                base.iter().map(|f| f / *factor as f64).collect()
             }
-            Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }) => {
-                let (factor, lo, hi) = (*factor as f64, *low_freq_factor as f64, *high_freq_factor as f64);
+            Some(RopeScaling::FreqFactors(ff)) => base
+                .iter()
+                .enumerate()
+                .map(|(i, f)| f / ff.get(i).copied().unwrap_or(1.0) as f64)
+                .collect(),
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }) => {
+                let (factor, lo, hi) = (
+                    *factor as f64,
+                    *low_freq_factor as f64,
+                    *high_freq_factor as f64,
+                );
                 let old = *original_max_position_embeddings as f64;
                 let low_wavelen = old / lo;
                 let high_wavelen = old / hi;

@@ -16,7 +16,11 @@ pub enum ModelError {
     #[error("missing tensor `{0}`")]
     MissingTensor(String),
     #[error("tensor `{name}` has shape {actual:?}, expected {expected:?}")]
-    BadShape { name: String, expected: Vec<usize>, actual: Vec<usize> },
+    BadShape {
+        name: String,
+        expected: Vec<usize>,
+        actual: Vec<usize>,
+    },
     #[error("missing or invalid config value `{0}`")]
     BadConfig(String),
     #[error("unsupported rope scaling `{0}` (supported: none, linear, llama3)")]
@@ -24,7 +28,11 @@ pub enum ModelError {
     #[error("{path}: {message}")]
     Json { path: String, message: String },
     #[error("{path}: {source}")]
-    Io { path: String, #[source] source: std::io::Error },
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("context overflow: {needed} tokens needed but the context holds {ctx}")]
     ContextOverflow { needed: usize, ctx: usize },
     #[error("token id {id} is outside the vocabulary (size {vocab})")]

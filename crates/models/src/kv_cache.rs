@@ -50,21 +50,36 @@ impl KvCache {
 
     pub(crate) fn check_room(&self, new: usize) -> Result<()> {
         if self.len + new > self.max_len {
-            return Err(ModelError::ContextOverflow { needed: self.len + new, ctx: self.max_len });
+            return Err(ModelError::ContextOverflow {
+                needed: self.len + new,
+                ctx: self.max_len,
+            });
         }
         Ok(())
     }
 
     /// Appends `k`, `v` (kv_heads, seq, head_dim) for `layer` at the current position and returns the whole
     /// cached keys and values including them. Call [`KvCache::advance`] once all layers are done.
-    pub(crate) fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+    pub(crate) fn append(
+        &mut self,
+        layer: usize,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
         let seq = k.dim(1)?;
         let need = self.len + seq;
         if need > self.capacity {
-            let new_cap = need.max(self.capacity * 2).max(256).min(self.max_len.max(need));
+            let new_cap = need
+                .max(self.capacity * 2)
+                .max(256)
+                .min(self.max_len.max(need));
             for l in self.layers.iter_mut() {
                 if let Some(c) = l.as_mut() {
-                    let nk = Tensor::zeros((self.kv_heads, new_cap, self.head_dim), DType::F32, &Device::Cpu)?;
+                    let nk = Tensor::zeros(
+                        (self.kv_heads, new_cap, self.head_dim),
+                        DType::F32,
+                        &Device::Cpu,
+                    )?;
                     let nv = nk.zeros_like()?;
                     if self.len > 0 {
                         nk.slice_set(&c.k.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
@@ -76,10 +91,19 @@ impl KvCache {
             self.capacity = new_cap;
         }
         if self.layers[layer].is_none() {
-            let z = Tensor::zeros((self.kv_heads, self.capacity, self.head_dim), DType::F32, &Device::Cpu)?;
-            self.layers[layer] = Some(LayerCache { k: z.clone(), v: z.zeros_like()? });
+            let z = Tensor::zeros(
+                (self.kv_heads, self.capacity, self.head_dim),
+                DType::F32,
+                &Device::Cpu,
+            )?;
+            self.layers[layer] = Some(LayerCache {
+                k: z.clone(),
+                v: z.zeros_like()?,
+            });
         }
-        let Some(entry) = self.layers[layer].as_mut() else { unreachable!("inserted above") };
+        let Some(entry) = self.layers[layer].as_mut() else {
+            unreachable!("inserted above")
+        };
         entry.k.slice_set(&k.contiguous()?, 1, self.len)?;
         entry.v.slice_set(&v.contiguous()?, 1, self.len)?;
         Ok((entry.k.narrow(1, 0, need)?, entry.v.narrow(1, 0, need)?))

@@ -3,7 +3,7 @@
 
 use baimo_kernels::{quant_matmul, BlockFormat};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{Device, Module, Tensor, D};
 
 use crate::weights::{Weight, WeightSource};
 use crate::{ModelError, Result};
@@ -29,7 +29,10 @@ fn block_format(dtype: GgmlDType) -> Option<BlockFormat> {
 
 fn quant_weight(q: std::sync::Arc<QTensor>) -> Result<LinearWeight> {
     Ok(match block_format(q.dtype()) {
-        Some(format) => LinearWeight::Blocks { format, data: q.data()?.into_owned() },
+        Some(format) => LinearWeight::Blocks {
+            format,
+            data: q.data()?.into_owned(),
+        },
         None => LinearWeight::Candle(QMatMul::from_arc(q)?),
     })
 }
@@ -43,7 +46,13 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub fn load(src: &dyn WeightSource, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
+    pub fn load(
+        src: &dyn WeightSource,
+        prefix: &str,
+        out: usize,
+        inp: usize,
+        bias: bool,
+    ) -> Result<Linear> {
         let name = format!("{prefix}.weight");
         let w = src.require(&name)?;
         check_shape(&name, &w.dims(), &[out, inp])?;
@@ -51,8 +60,17 @@ impl Linear {
             Weight::Quant(q) => quant_weight(std::sync::Arc::new(q))?,
             Weight::Float(t) => LinearWeight::Candle(QMatMul::Tensor(t)),
         };
-        let bias = if bias { Some(load_vector(src, &format!("{prefix}.bias"), out)?) } else { None };
-        Ok(Linear { weight, bias, out_features: out, in_features: inp })
+        let bias = if bias {
+            Some(load_vector(src, &format!("{prefix}.bias"), out)?)
+        } else {
+            None
+        };
+        Ok(Linear {
+            weight,
+            bias,
+            out_features: out,
+            in_features: inp,
+        })
     }
 
     /// `x`: (tokens, in) → (tokens, out).
@@ -83,7 +101,11 @@ impl Linear {
 
 fn check_shape(name: &str, actual: &[usize], expected: &[usize]) -> Result<()> {
     if actual != expected {
-        return Err(ModelError::BadShape { name: name.into(), expected: expected.to_vec(), actual: actual.to_vec() });
+        return Err(ModelError::BadShape {
+            name: name.into(),
+            expected: expected.to_vec(),
+            actual: actual.to_vec(),
+        });
     }
     Ok(())
 }
@@ -104,7 +126,10 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     pub fn load(src: &dyn WeightSource, name: &str, len: usize, eps: f64) -> Result<RmsNorm> {
-        Ok(RmsNorm { weight: load_vector(src, name, len)?, eps })
+        Ok(RmsNorm {
+            weight: load_vector(src, name, len)?,
+            eps,
+        })
     }
     /// Normalizes over the last dimension.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -121,7 +146,12 @@ pub enum Embedding {
 }
 
 impl Embedding {
-    pub fn load(src: &dyn WeightSource, name: &str, vocab: usize, hidden: usize) -> Result<Embedding> {
+    pub fn load(
+        src: &dyn WeightSource,
+        name: &str,
+        vocab: usize,
+        hidden: usize,
+    ) -> Result<Embedding> {
         let w = src.require(name)?;
         check_shape(name, &w.dims(), &[vocab, hidden])?;
         Ok(match w {
@@ -140,11 +170,21 @@ impl Embedding {
         Ok(match self {
             Embedding::Quant(q) => {
                 let (v, h) = q.shape().dims2()?;
-                Linear { weight: quant_weight(q.clone())?, bias: None, out_features: v, in_features: h }
+                Linear {
+                    weight: quant_weight(q.clone())?,
+                    bias: None,
+                    out_features: v,
+                    in_features: h,
+                }
             }
             Embedding::Float(t) => {
                 let (v, h) = t.dims2()?;
-                Linear { weight: LinearWeight::Candle(QMatMul::Tensor(t.clone())), bias: None, out_features: v, in_features: h }
+                Linear {
+                    weight: LinearWeight::Candle(QMatMul::Tensor(t.clone())),
+                    bias: None,
+                    out_features: v,
+                    in_features: h,
+                }
             }
         })
     }
@@ -209,8 +249,4 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     let e = x.broadcast_sub(&max)?.exp()?;
     let s = e.sum_keepdim(D::Minus1)?;
     Ok(e.broadcast_div(&s)?)
-}
-
-pub fn ensure_f32(t: Tensor) -> Result<Tensor> {
-    Ok(if t.dtype() == DType::F32 { t } else { t.to_dtype(DType::F32)? })
 }

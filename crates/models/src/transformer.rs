@@ -32,7 +32,12 @@ impl Attention {
         let b = cfg.attention_bias;
         let norm = |n: &str| -> Result<Option<RmsNorm>> {
             if cfg.qk_norm {
-                Ok(Some(RmsNorm::load(src, &format!("{p}.{n}.weight"), hd, cfg.rms_norm_eps)?))
+                Ok(Some(RmsNorm::load(
+                    src,
+                    &format!("{p}.{n}.weight"),
+                    hd,
+                    cfg.rms_norm_eps,
+                )?))
             } else {
                 Ok(None)
             }
@@ -51,10 +56,19 @@ impl Attention {
     }
 
     /// `x`: (seq, hidden) for positions `cache.len()..`; returns (seq, hidden).
-    fn forward(&self, x: &Tensor, layer: usize, rope: &Rope, cs: &(Tensor, Tensor), cache: &mut KvCache) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        layer: usize,
+        rope: &Rope,
+        cs: &(Tensor, Tensor),
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
         let seq = x.dim(0)?;
         let heads = |t: Tensor, n: usize| -> Result<Tensor> {
-            Ok(t.reshape((seq, n, self.head_dim))?.transpose(0, 1)?.contiguous()?)
+            Ok(t.reshape((seq, n, self.head_dim))?
+                .transpose(0, 1)?
+                .contiguous()?)
         };
         let mut q = heads(self.q_proj.forward(x)?, self.n_heads)?;
         let mut k = heads(self.k_proj.forward(x)?, self.n_kv_heads)?;
@@ -77,21 +91,35 @@ impl Attention {
         let scores = if seq > 1 {
             let mask = causal_mask(seq, start, total)?; // (seq, total)
             let scores = scores.reshape((self.n_kv_heads, group, seq, total))?;
-            scores.broadcast_add(&mask)?.reshape((self.n_kv_heads, group * seq, total))?
+            scores
+                .broadcast_add(&mask)?
+                .reshape((self.n_kv_heads, group * seq, total))?
         } else {
             scores
         };
         let probs = softmax_last_dim(&scores)?;
         let out = probs.matmul(&v_all.contiguous()?)?; // (kv, group*seq, hd)
-        let out = out.reshape((self.n_heads, seq, self.head_dim))?.transpose(0, 1)?.contiguous()?;
-        self.o_proj.forward(&out.reshape((seq, self.n_heads * self.head_dim))?)
+        let out = out
+            .reshape((self.n_heads, seq, self.head_dim))?
+            .transpose(0, 1)?
+            .contiguous()?;
+        self.o_proj
+            .forward(&out.reshape((seq, self.n_heads * self.head_dim))?)
     }
 }
 
 /// 0 where query i (absolute position start+i) may attend key j, -inf after it.
 fn causal_mask(seq: usize, start: usize, total: usize) -> Result<Tensor> {
     let mask: Vec<f32> = (0..seq)
-        .flat_map(|i| (0..total).map(move |j| if j <= start + i { 0.0 } else { f32::NEG_INFINITY }))
+        .flat_map(|i| {
+            (0..total).map(move |j| {
+                if j <= start + i {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
         .collect();
     Ok(Tensor::from_vec(mask, (seq, total), &Device::Cpu)?)
 }
@@ -133,7 +161,12 @@ impl DecoderLayer {
         Ok(DecoderLayer {
             input_layernorm: RmsNorm::load(src, &format!("{p}.input_layernorm.weight"), h, eps)?,
             self_attn: Attention::load(src, &format!("{p}.self_attn"), cfg)?,
-            post_attention_layernorm: RmsNorm::load(src, &format!("{p}.post_attention_layernorm.weight"), h, eps)?,
+            post_attention_layernorm: RmsNorm::load(
+                src,
+                &format!("{p}.post_attention_layernorm.weight"),
+                h,
+                eps,
+            )?,
             mlp: Mlp::load(src, &format!("{p}.mlp"), cfg)?,
         })
     }
@@ -173,7 +206,15 @@ impl Transformer {
             Linear::load(src, "lm_head", v, h, false)?
         };
         let rope = Rope::new(cfg.rope_inv_freq(), cfg.rope_style);
-        Ok(Transformer { embed_tokens, layers, norm, lm_head, rope, format: src.format(), cfg })
+        Ok(Transformer {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope,
+            format: src.format(),
+            cfg,
+        })
     }
 
     pub fn from_gguf(g: &GgufFile) -> Result<Transformer> {
@@ -226,10 +267,15 @@ impl Transformer {
     /// Returns f32 logits, (1, vocab) or (seq, vocab) per `which`.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, which: Logits) -> Result<Tensor> {
         if tokens.is_empty() {
-            return Err(ModelError::BadConfig("forward called with no tokens".into()));
+            return Err(ModelError::BadConfig(
+                "forward called with no tokens".into(),
+            ));
         }
         if let Some(&id) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
-            return Err(ModelError::BadToken { id, vocab: self.cfg.vocab_size });
+            return Err(ModelError::BadToken {
+                id,
+                vocab: self.cfg.vocab_size,
+            });
         }
         cache.check_room(tokens.len())?;
         let seq = tokens.len();

@@ -2,8 +2,6 @@
 //! (`model.layers.3.self_attn.q_proj.weight`); each source maps those names onto its own file layout,
 //! the way llama.cpp's tensor-name tables do (`blk.3.attn_q.weight` in GGUF).
 
-use std::path::Path;
-
 use baimo_formats::gguf::{GgmlType, GgufFile};
 use baimo_formats::llama2c::Llama2cCheckpoint;
 use baimo_formats::safetensors::SafeTensorsFiles;
@@ -56,7 +54,8 @@ pub trait WeightSource {
     fn format(&self) -> ModelFormat;
 
     fn require(&self, name: &str) -> Result<Weight> {
-        self.get(name)?.ok_or_else(|| ModelError::MissingTensor(name.to_string()))
+        self.get(name)?
+            .ok_or_else(|| ModelError::MissingTensor(name.to_string()))
     }
 }
 
@@ -112,17 +111,22 @@ pub fn ggml_to_candle(t: GgmlType) -> Option<GgmlDType> {
 impl WeightSource for GgufFile {
     fn get(&self, name: &str) -> Result<Option<Weight>> {
         let gguf_name = hf_to_gguf_name(name).unwrap_or_else(|| name.to_string());
-        let Some(info) = self.tensor(&gguf_name) else { return Ok(None) };
-        let dtype = ggml_to_candle(info.dtype).ok_or_else(|| ModelError::UnsupportedTensorType {
-            name: gguf_name.clone(),
-            dtype: info.dtype.name().to_string(),
-        })?;
+        let Some(info) = self.tensor(&gguf_name) else {
+            return Ok(None);
+        };
+        let dtype =
+            ggml_to_candle(info.dtype).ok_or_else(|| ModelError::UnsupportedTensorType {
+                name: gguf_name.clone(),
+                dtype: info.dtype.name().to_string(),
+            })?;
         // ggml lists dims innermost first; candle wants (rows, cols).
         let dims: Vec<usize> = info.dims.iter().rev().map(|&d| d as usize).collect();
         let data = self.tensor_data(info);
         let q = qtensor_from_ggml(dtype, data, dims, &Device::Cpu)?;
         Ok(Some(match dtype {
-            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => Weight::Float(q.dequantize(&Device::Cpu)?),
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+                Weight::Float(q.dequantize(&Device::Cpu)?)
+            }
             _ => Weight::Quant(q),
         }))
     }
@@ -133,16 +137,22 @@ impl WeightSource for GgufFile {
 
 impl WeightSource for SafeTensorsFiles {
     fn get(&self, name: &str) -> Result<Option<Weight>> {
-        let Some(view) = SafeTensorsFiles::get(self, name) else { return Ok(None) };
+        let Some(view) = SafeTensorsFiles::get(self, name) else {
+            return Ok(None);
+        };
         let dtype = match view.dtype {
             baimo_formats::safetensors::Dtype::F32 => DType::F32,
             baimo_formats::safetensors::Dtype::F16 => DType::F16,
             baimo_formats::safetensors::Dtype::BF16 => DType::BF16,
             other => {
-                return Err(ModelError::UnsupportedTensorType { name: name.to_string(), dtype: format!("{other:?}") })
+                return Err(ModelError::UnsupportedTensorType {
+                    name: name.to_string(),
+                    dtype: format!("{other:?}"),
+                })
             }
         };
-        let t = Tensor::from_raw_buffer(view.data, dtype, &view.shape, &Device::Cpu)?.to_dtype(DType::F32)?;
+        let t = Tensor::from_raw_buffer(view.data, dtype, &view.shape, &Device::Cpu)?
+            .to_dtype(DType::F32)?;
         Ok(Some(Weight::Float(t)))
     }
     fn format(&self) -> ModelFormat {
@@ -152,8 +162,14 @@ impl WeightSource for SafeTensorsFiles {
 
 impl WeightSource for Llama2cCheckpoint {
     fn get(&self, name: &str) -> Result<Option<Weight>> {
-        let Some(t) = self.tensor(name) else { return Ok(None) };
-        Ok(Some(Weight::Float(Tensor::from_vec(t.to_f32_vec(), t.shape.as_slice(), &Device::Cpu)?)))
+        let Some(t) = self.tensor(name) else {
+            return Ok(None);
+        };
+        Ok(Some(Weight::Float(Tensor::from_vec(
+            t.to_f32_vec(),
+            t.shape.as_slice(),
+            &Device::Cpu,
+        )?)))
     }
     fn format(&self) -> ModelFormat {
         ModelFormat::Llama2c
@@ -170,8 +186,4 @@ pub fn gguf_weight_infos(g: &GgufFile) -> Vec<WeightInfo> {
             shape: t.dims.iter().rev().map(|&d| d as usize).collect(),
         })
         .collect()
-}
-
-pub fn is_hf_dir(path: &Path) -> bool {
-    path.is_dir() && path.join("config.json").is_file()
 }

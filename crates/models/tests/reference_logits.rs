@@ -21,7 +21,10 @@ fn manifest() -> Value {
 fn read_f32(rel: &str) -> Vec<f32> {
     let p = fixtures().join(rel);
     let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 fn prompts(m: &Value) -> Vec<Vec<u32>> {
@@ -29,7 +32,13 @@ fn prompts(m: &Value) -> Vec<Vec<u32>> {
         .as_array()
         .expect("prompts")
         .iter()
-        .map(|p| p.as_array().expect("prompt").iter().map(|t| t.as_u64().expect("id") as u32).collect())
+        .map(|p| {
+            p.as_array()
+                .expect("prompt")
+                .iter()
+                .map(|t| t.as_u64().expect("id") as u32)
+                .collect()
+        })
         .collect()
 }
 
@@ -38,35 +47,67 @@ fn run_all(model: &Transformer, tokens: &[u32], split: bool) -> Vec<f32> {
     let mut cache = KvCache::new(model.config(), 256);
     if split && tokens.len() > 2 {
         let cut = tokens.len() / 2;
-        let mut a = model.forward(&tokens[..cut], &mut cache, Logits::All).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let mut a = model
+            .forward(&tokens[..cut], &mut cache, Logits::All)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         // Then the rest one token at a time, as decoding does.
         for &t in &tokens[cut..] {
-            let b = model.forward(&[t], &mut cache, Logits::All).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let b = model
+                .forward(&[t], &mut cache, Logits::All)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
             a.extend(b);
         }
         a
     } else {
-        model.forward(tokens, &mut cache, Logits::All).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        model
+            .forward(tokens, &mut cache, Logits::All)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
     }
 }
 
 /// Max abs error relative to the reference's logit range (max - min), as the issue states tolerances.
 fn rel_err(ours: &[f32], reference: &[f32]) -> f32 {
     assert_eq!(ours.len(), reference.len(), "logit count differs");
-    let (mn, mx) = reference.iter().fold((f32::MAX, f32::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+    let (mn, mx) = reference
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(a, b), &x| (a.min(x), b.max(x)));
     let range = (mx - mn).max(1e-6);
-    let err = ours.iter().zip(reference).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let err = ours
+        .iter()
+        .zip(reference)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
     err / range
 }
 
 fn check(label: &str, model: &Transformer, m: &Value, refs: &Value, tol: f32) {
-    let files = refs.as_array().unwrap_or_else(|| panic!("{label}: reference list"));
+    let files = refs
+        .as_array()
+        .unwrap_or_else(|| panic!("{label}: reference list"));
     for (i, (tokens, f)) in prompts(m).iter().zip(files).enumerate() {
         let reference = read_f32(f.as_str().expect("path"));
         let ours = run_all(model, tokens, i % 2 == 1);
         let e = rel_err(&ours, &reference);
-        println!("{label} prompt {i} ({} tokens): max |err| / range = {e:.2e} (tolerance {tol:.0e})", tokens.len());
-        assert!(e <= tol, "{label} prompt {i}: error {e:.3e} over tolerance {tol:.0e}");
+        println!(
+            "{label} prompt {i} ({} tokens): max |err| / range = {e:.2e} (tolerance {tol:.0e})",
+            tokens.len()
+        );
+        assert!(
+            e <= tol,
+            "{label} prompt {i}: error {e:.3e} over tolerance {tol:.0e}"
+        );
     }
 }
 
@@ -75,8 +116,12 @@ fn safetensors_folders_match_transformers() {
     let man = manifest();
     let mut n = 0;
     for m in man["models"].as_array().unwrap() {
-        let Some(dir) = m.get("hf_dir").and_then(Value::as_str) else { continue };
-        let Some(refs) = m.get("hf_logits") else { continue };
+        let Some(dir) = m.get("hf_dir").and_then(Value::as_str) else {
+            continue;
+        };
+        let Some(refs) = m.get("hf_logits") else {
+            continue;
+        };
         let model = Transformer::from_hf_dir(&fixtures().join(dir)).unwrap();
         check(&format!("{} safetensors", m["name"]), &model, m, refs, 1e-4);
         n += 1;
@@ -89,16 +134,23 @@ fn float_gguf_matches_transformers() {
     let man = manifest();
     let mut n = 0;
     for m in man["models"].as_array().unwrap() {
-        let Some(refs) = m.get("hf_logits") else { continue };
+        let Some(refs) = m.get("hf_logits") else {
+            continue;
+        };
         for (ty, tol) in [("F32", 1e-4f32), ("F16", 1e-2), ("BF16", 1e-2)] {
-            let Some(f) = m["gguf"].get(ty).and_then(Value::as_str) else { continue };
+            let Some(f) = m["gguf"].get(ty).and_then(Value::as_str) else {
+                continue;
+            };
             let g = GgufFile::open(&fixtures().join(f)).unwrap();
             let model = Transformer::from_gguf(&g).unwrap();
             check(&format!("{} GGUF {ty}", m["name"]), &model, m, refs, tol);
             n += 1;
         }
     }
-    assert!(n >= 8, "expected F32 and F16 GGUF for four variants, found {n}");
+    assert!(
+        n >= 8,
+        "expected F32 and F16 GGUF for four variants, found {n}"
+    );
 }
 
 /// Tolerance against llama.cpp's logits on the same quantized file, as a fraction of the logit range.
@@ -121,12 +173,16 @@ fn quantized_gguf_matches_llama_cpp() {
     let man = manifest();
     let mut seen = std::collections::BTreeSet::new();
     for m in man["models"].as_array().unwrap() {
-        let Some(lc) = m.get("llamacpp_logits").and_then(Value::as_object) else { continue };
+        let Some(lc) = m.get("llamacpp_logits").and_then(Value::as_object) else {
+            continue;
+        };
         for (ty, refs) in lc {
             if ty == "F32" || ty == "F16" {
                 continue;
             }
-            let f = m["gguf"][ty].as_str().unwrap_or_else(|| panic!("gguf file for {ty}"));
+            let f = m["gguf"][ty]
+                .as_str()
+                .unwrap_or_else(|| panic!("gguf file for {ty}"));
             let g = GgufFile::open(&fixtures().join(f)).unwrap();
             let model = Transformer::from_gguf(&g).unwrap();
             if let Some(hf) = m.get("hf_logits").and_then(Value::as_array) {
@@ -135,14 +191,28 @@ fn quantized_gguf_matches_llama_cpp() {
                     let reference = read_f32(f.as_str().expect("path"));
                     let lc = read_f32(refs[i].as_str().expect("path"));
                     let ours = run_all(&model, tokens, false);
-                    println!("{} {ty} prompt {i}: vs HF f32: baimo {:.2e}, llama.cpp {:.2e}", m["name"], rel_err(&ours, &reference), rel_err(&lc, &reference));
+                    println!(
+                        "{} {ty} prompt {i}: vs HF f32: baimo {:.2e}, llama.cpp {:.2e}",
+                        m["name"],
+                        rel_err(&ours, &reference),
+                        rel_err(&lc, &reference)
+                    );
                 }
             }
-            check(&format!("{} GGUF {ty} vs llama.cpp", m["name"]), &model, m, refs, quant_tolerance(ty));
+            check(
+                &format!("{} GGUF {ty} vs llama.cpp", m["name"]),
+                &model,
+                m,
+                refs,
+                quant_tolerance(ty),
+            );
             seen.insert(ty.clone());
         }
     }
     for ty in ["Q8_0", "Q4_0", "Q4_K", "Q6_K"] {
-        assert!(seen.iter().any(|s| s.starts_with(ty)), "no {ty} fixture compared (have {seen:?})");
+        assert!(
+            seen.iter().any(|s| s.starts_with(ty)),
+            "no {ty} fixture compared (have {seen:?})"
+        );
     }
 }
