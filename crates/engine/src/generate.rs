@@ -5,10 +5,10 @@
 use std::time::{Duration, Instant};
 
 use baimo_models::{KvCache, Logits, Transformer};
-use baimo_tokenize::{StreamDecoder, Tokenizer};
+use baimo_tokenize::Tokenizer;
 
-use crate::logprobs::{log_softmax, top_logprobs};
-use crate::{EngineError, Result, Sampler, SamplingParams, StopMatcher};
+use crate::stepper::Stepper;
+use crate::{EngineError, Result, SamplingParams};
 
 #[derive(Debug, Clone)]
 pub struct GenerateOptions {
@@ -141,82 +141,44 @@ impl Session {
         let prefill_time = t0.elapsed();
 
         let t1 = Instant::now();
-        let mut sampler = Sampler::new(opts.sampling.clone());
-        let mut stop = StopMatcher::new(opts.stop.clone());
-        let mut decoder = StreamDecoder::new(tokenizer);
+        let mut stepper = Stepper::new(tokenizer, prompt, opts);
         let mut text = String::new();
         let mut tokens = Vec::new();
-        let mut history: Vec<u32> = prompt.to_vec();
         let mut finish = FinishReason::Length;
         let mut keep_going = true;
-        let mut stopped = false;
-        while tokens.len() < opts.max_tokens && keep_going {
-            let id = sampler.sample(&logits, &history);
-            let (logprob, top) = match opts.logprobs {
-                Some(k) => {
-                    let lp = log_softmax(&logits);
-                    let top = top_logprobs(&lp, k)
-                        .into_iter()
-                        .map(|(id, logprob)| TopLogprob {
-                            id,
-                            text: piece(tokenizer, id),
-                            logprob,
-                        })
-                        .collect();
-                    (
-                        lp.get(id as usize).copied().unwrap_or(f32::NEG_INFINITY),
-                        top,
-                    )
-                }
-                None => (f32::NAN, Vec::new()),
+        let mut out = if stepper.exhausted() {
+            stepper.finish(FinishReason::Length)
+        } else {
+            stepper.step(&logits)
+        };
+        loop {
+            if let Some(t) = out.token.take() {
+                tokens.push(t);
+            }
+            if !out.text.is_empty() {
+                text.push_str(&out.text);
+                keep_going = on_text(&out.text);
+            }
+            if let Some(f) = out.finish {
+                finish = f;
+                break;
+            }
+            if !keep_going {
+                break;
+            }
+            let Some(last) = tokens.last().map(|t| t.id) else {
+                break;
             };
-            history.push(id);
-            if !opts.ignore_eos && tokenizer.is_eog(id) {
-                finish = FinishReason::Stop;
-                break;
-            }
-            tokens.push(GeneratedToken {
-                id,
-                text: piece(tokenizer, id),
-                logprob,
-                top_logprobs: top,
-            });
-            let out = stop.push(&decoder.push(id));
-            if !out.emit.is_empty() {
-                text.push_str(&out.emit);
-                keep_going = on_text(&out.emit);
-            }
-            if out.stopped {
-                finish = FinishReason::Stop;
-                stopped = true;
-                break;
-            }
-            if tokens.len() >= opts.max_tokens {
-                break;
-            }
             if self.tokens.len() >= ctx {
-                finish = FinishReason::Length;
-                break;
+                out = stepper.finish(FinishReason::Length);
+                continue;
             }
             logits = model
-                .forward(&[id], &mut self.cache, Logits::Last)?
+                .forward(&[last], &mut self.cache, Logits::Last)?
                 .flatten_all()?
                 .to_vec1::<f32>()?;
-            self.tokens.push(id);
-        }
-        if !stopped {
-            // Flush bytes held for UTF-8 completeness, then text held back as a possible stop-string prefix.
-            let tail = stop.push(&decoder.finish());
-            let mut rest = tail.emit;
-            if tail.stopped {
-                finish = FinishReason::Stop;
-            } else {
-                rest.push_str(&stop.finish());
-            }
-            if !rest.is_empty() {
-                text.push_str(&rest);
-                on_text(&rest);
-            }
+            self.tokens.push(last);
+            out = stepper.step(&logits);
         }
         Ok(Generation {
             text,
@@ -230,6 +192,3 @@ impl Session {
     }
 }
 
-fn piece(tokenizer: &Tokenizer, id: u32) -> String {
-    String::from_utf8_lossy(&tokenizer.token_bytes(id)).into_owned()
-}

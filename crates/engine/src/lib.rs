@@ -7,6 +7,9 @@ pub mod loader;
 pub mod logprobs;
 pub mod perplexity;
 pub mod sampler;
+mod scheduler;
+pub mod serving;
+pub mod stepper;
 pub mod stop;
 
 pub use error::EngineError;
@@ -16,6 +19,11 @@ pub use generate::{
 pub use loader::{load, LoadOptions, LoadedModel, ModelInfo};
 pub use perplexity::{perplexity, PerplexityReport};
 pub use sampler::{Sampler, SamplingParams};
+pub use serving::{
+    EngineConfig, EngineHandle, Event, GenRequest, PromptTokenLogprob, ServingEngine, StatsSnapshot,
+    SubmitError, Usage,
+};
+pub use stepper::Stepper;
 pub use stop::StopMatcher;
 
 pub type Result<T> = std::result::Result<T, EngineError>;
