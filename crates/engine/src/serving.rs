@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc};
 use std::thread::JoinHandle;
 
+use baimo_models::PagedKvCache;
 use tokio::sync::mpsc;
 
 use crate::{FinishReason, GenerateOptions, GeneratedToken, LoadedModel};
@@ -19,6 +20,8 @@ pub struct EngineConfig {
     pub ctx: usize,
     /// Memory budget of the paged KV cache, in MiB.
     pub kv_cache_mb: usize,
+    /// Exact number of KV blocks, overriding `kv_cache_mb` (tests, tuning).
+    pub kv_cache_blocks: Option<usize>,
     /// Tokens per KV block.
     pub block_size: usize,
     /// Most tokens in one batched forward pass (decodes + prefill chunks).
@@ -36,6 +39,7 @@ impl Default for EngineConfig {
         EngineConfig {
             ctx: 4096,
             kv_cache_mb: 512,
+            kv_cache_blocks: None,
             block_size: 16,
             max_batch_tokens: 512,
             max_running: 32,
@@ -72,7 +76,10 @@ pub enum Event {
     PromptLogprobs(Vec<PromptTokenLogprob>),
     /// One generated token and the text it releases (may be empty: an incomplete UTF-8 sequence or a possible
     /// stop-string prefix is held back until it resolves).
-    Token { token: GeneratedToken, text: String },
+    Token {
+        token: GeneratedToken,
+        text: String,
+    },
     /// Text released when the sequence ends without a new token (the tail held back for UTF-8 completeness or as
     /// a possible stop-string prefix, after an end-of-generation token).
     Text(String),
@@ -247,8 +254,16 @@ impl ServingEngine {
     pub fn start(model: Arc<LoadedModel>, cfg: EngineConfig) -> ServingEngine {
         let (tx, rx) = std_mpsc::channel();
         let stats = Arc::new(EngineStats::default());
+        let mcfg = model.model.config();
+        let num_blocks = cfg
+            .kv_cache_blocks
+            .unwrap_or_else(|| {
+                PagedKvCache::blocks_for_budget(mcfg, cfg.block_size.max(1), cfg.kv_cache_mb)
+            })
+            .max(1);
+        stats.kv_blocks_total.store(num_blocks, Ordering::Relaxed);
         let cfg = Arc::new(cfg);
-        let vocab = model.model.config().vocab_size;
+        let vocab = mcfg.vocab_size;
         let handle = EngineHandle {
             tx,
             stats: stats.clone(),
@@ -258,7 +273,7 @@ impl ServingEngine {
         };
         let thread = std::thread::Builder::new()
             .name("baimo-scheduler".into())
-            .spawn(move || crate::scheduler::run(model, cfg, stats, rx))
+            .spawn(move || crate::scheduler::run(model, cfg, stats, num_blocks, rx))
             .expect("spawning the scheduler thread");
         ServingEngine {
             handle,

@@ -37,6 +37,9 @@ fn quant_weight(q: std::sync::Arc<QTensor>) -> Result<LinearWeight> {
     })
 }
 
+/// Rows per float GEMM call in [`Linear::forward_invariant`].
+pub const INVARIANT_TILE: usize = 8;
+
 /// `y = x Wᵀ + b` with W of shape (out, in).
 pub struct Linear {
     weight: LinearWeight,
@@ -75,7 +78,37 @@ impl Linear {
 
     /// `x`: (tokens, in) → (tokens, out).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_mode(x, false)
+    }
+
+    /// Like [`Linear::forward`], but each row's result is bit-identical whatever the other rows are (the
+    /// served path's batch invariance). Our block kernels are so by construction; candle's float GEMM and
+    /// K-quant matmul choose their paths from the matrix shape, so those weights are multiplied in fixed tiles
+    /// of [`INVARIANT_TILE`] rows (the last tile zero-padded): every row always meets the same kernel.
+    pub fn forward_invariant(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_mode(x, true)
+    }
+
+    fn forward_mode(&self, x: &Tensor, invariant: bool) -> Result<Tensor> {
         let y = match &self.weight {
+            LinearWeight::Candle(w) if invariant => {
+                let rows = x.dim(0)?;
+                let tiles = rows.div_ceil(INVARIANT_TILE);
+                let padded = if rows % INVARIANT_TILE == 0 {
+                    x.clone()
+                } else {
+                    let pad = Tensor::zeros(
+                        (tiles * INVARIANT_TILE - rows, self.in_features),
+                        x.dtype(),
+                        x.device(),
+                    )?;
+                    Tensor::cat(&[x, &pad], 0)?
+                };
+                let parts = (0..tiles)
+                    .map(|t| w.forward(&padded.narrow(0, t * INVARIANT_TILE, INVARIANT_TILE)?))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                Tensor::cat(&parts, 0)?.narrow(0, 0, rows)?
+            }
             LinearWeight::Candle(w) => w.forward(x)?,
             LinearWeight::Blocks { format, data } => {
                 let n = x.dim(0)?;
@@ -203,10 +236,16 @@ impl Rope {
 
     /// cos and sin tables of shape (seq, head_dim/2) for absolute positions `start..start+seq`.
     pub fn tables(&self, start: usize, seq: usize) -> Result<(Tensor, Tensor)> {
+        self.tables_at(&(start..start + seq).collect::<Vec<_>>())
+    }
+
+    /// cos and sin tables of shape (positions, head_dim/2) for the given absolute positions.
+    pub fn tables_at(&self, positions: &[usize]) -> Result<(Tensor, Tensor)> {
         let half = self.inv_freq.len();
+        let seq = positions.len();
         let mut cos = Vec::with_capacity(seq * half);
         let mut sin = Vec::with_capacity(seq * half);
-        for p in start..start + seq {
+        for &p in positions {
             for &f in &self.inv_freq {
                 // HF computes `position * inv_freq` in f32, then cos/sin.
                 let a = p as f32 * f;

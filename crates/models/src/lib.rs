@@ -8,12 +8,14 @@ pub mod config;
 pub mod error;
 pub mod kv_cache;
 pub mod layers;
+pub mod paged;
 pub mod transformer;
 pub mod weights;
 
 pub use config::{Arch, ModelConfig, RopeScaling, RopeStyle};
 pub use error::ModelError;
 pub use kv_cache::KvCache;
+pub use paged::{PagedKvCache, SeqSlice};
 pub use transformer::{Logits, Transformer};
 pub use weights::{ModelFormat, WeightInfo};
 

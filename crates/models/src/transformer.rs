@@ -10,6 +10,7 @@ use baimo_formats::safetensors::SafeTensorsFiles;
 use candle_core::{Device, Tensor};
 
 use crate::layers::{softmax_last_dim, Embedding, Linear, RmsNorm, Rope};
+use crate::paged::{PagedKvCache, SeqSlice};
 use crate::weights::{ModelFormat, WeightSource};
 use crate::{Arch, KvCache, ModelConfig, ModelError, Result, RopeScaling, RopeStyle};
 
@@ -55,30 +56,72 @@ impl Attention {
         })
     }
 
-    /// `x`: (seq, hidden) for positions `cache.len()..`; returns (seq, hidden).
+    /// `x`: (tokens, hidden) at the positions `cs` was built for; returns (tokens, hidden). Keys and values go
+    /// to `kv`, whichever kind of cache it is; the attention arithmetic is the paper's either way.
     fn forward(
         &self,
         x: &Tensor,
         layer: usize,
         rope: &Rope,
         cs: &(Tensor, Tensor),
-        cache: &mut KvCache,
+        kv: &mut Kv,
     ) -> Result<Tensor> {
         let seq = x.dim(0)?;
+        let invariant = matches!(kv, Kv::Paged(..));
+        let proj = |l: &Linear| {
+            if invariant {
+                l.forward_invariant(x)
+            } else {
+                l.forward(x)
+            }
+        };
         let heads = |t: Tensor, n: usize| -> Result<Tensor> {
             Ok(t.reshape((seq, n, self.head_dim))?
                 .transpose(0, 1)?
                 .contiguous()?)
         };
-        let mut q = heads(self.q_proj.forward(x)?, self.n_heads)?;
-        let mut k = heads(self.k_proj.forward(x)?, self.n_kv_heads)?;
-        let v = heads(self.v_proj.forward(x)?, self.n_kv_heads)?;
+        let mut q = heads(proj(&self.q_proj)?, self.n_heads)?;
+        let mut k = heads(proj(&self.k_proj)?, self.n_kv_heads)?;
+        let v = heads(proj(&self.v_proj)?, self.n_kv_heads)?;
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
             q = qn.forward(&q)?;
             k = kn.forward(&k)?;
         }
         let q = rope.apply(&q, &cs.0, &cs.1)?;
         let k = rope.apply(&k, &cs.0, &cs.1)?;
+        let out = match kv {
+            Kv::Contiguous(cache) => self.attend_contiguous(q, k, v, layer, cache)?,
+            Kv::Paged(pool, seqs) => {
+                let flat =
+                    |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
+                let out = pool.attend(
+                    layer,
+                    seqs,
+                    &flat(&q)?,
+                    &flat(&k)?,
+                    &flat(&v)?,
+                    self.n_heads,
+                );
+                Tensor::from_vec(out, (seq, self.n_heads * self.head_dim), &Device::Cpu)?
+            }
+        };
+        if invariant {
+            self.o_proj.forward_invariant(&out)
+        } else {
+            self.o_proj.forward(&out)
+        }
+    }
+
+    /// Softmax attention of `q` (heads, seq, hd) over the cached keys/values plus `k`, `v`; (seq, heads·hd).
+    fn attend_contiguous(
+        &self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        layer: usize,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let seq = q.dim(1)?;
         let start = cache.len();
         let (k_all, v_all) = cache.append(layer, &k, &v)?;
         let total = start + seq;
@@ -103,9 +146,14 @@ impl Attention {
             .reshape((self.n_heads, seq, self.head_dim))?
             .transpose(0, 1)?
             .contiguous()?;
-        self.o_proj
-            .forward(&out.reshape((seq, self.n_heads * self.head_dim))?)
+        Ok(out.reshape((seq, self.n_heads * self.head_dim))?)
     }
+}
+
+/// Where attention keeps keys and values: one sequence's contiguous cache, or the paged pool shared by a batch.
+enum Kv<'a, 'b> {
+    Contiguous(&'a mut KvCache),
+    Paged(&'a mut PagedKvCache, &'a [SeqSlice<'b>]),
 }
 
 /// 0 where query i (absolute position start+i) may attend key j, -inf after it.
@@ -140,10 +188,18 @@ impl Mlp {
             down_proj: Linear::load(src, &format!("{p}.down_proj"), h, i, false)?,
         })
     }
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let g = self.gate_proj.forward(x)?.silu()?;
-        let u = self.up_proj.forward(x)?;
-        self.down_proj.forward(&(g * u)?)
+    /// `invariant`: see [`Linear::forward_invariant`].
+    fn forward(&self, x: &Tensor, invariant: bool) -> Result<Tensor> {
+        let lin = |l: &Linear, x: &Tensor| {
+            if invariant {
+                l.forward_invariant(x)
+            } else {
+                l.forward(x)
+            }
+        };
+        let g = lin(&self.gate_proj, x)?.silu()?;
+        let u = lin(&self.up_proj, x)?;
+        lin(&self.down_proj, &(g * u)?)
     }
 }
 
@@ -271,32 +327,101 @@ impl Transformer {
                 "forward called with no tokens".into(),
             ));
         }
+        self.check_tokens(tokens)?;
+        cache.check_room(tokens.len())?;
+        let seq = tokens.len();
+        let positions: Vec<usize> = (cache.len()..cache.len() + seq).collect();
+        let x = self.decode(tokens, &positions, &mut Kv::Contiguous(cache))?;
+        cache.advance(seq);
+        let x = match which {
+            Logits::Last => x.narrow(0, seq - 1, 1)?,
+            Logits::All => x,
+        };
+        self.logits(&x, false)
+    }
+
+    /// One forward pass over several sequences at once (continuous batching): each [`SeqSlice`] contributes its
+    /// tokens at its own positions, every linear layer runs once over all of them, attention reads each
+    /// sequence's own blocks of `kv`. Returns each slice's logits, (1, vocab) or (len, vocab) per its `logits`.
+    ///
+    /// A sequence's logits do not depend on the other sequences in the batch, nor on how its tokens are split
+    /// across calls: linear layers and norms work row by row, attention query by query.
+    pub fn forward_paged(&self, seqs: &[SeqSlice], kv: &mut PagedKvCache) -> Result<Vec<Tensor>> {
+        if seqs.is_empty() || seqs.iter().any(|s| s.tokens.is_empty()) {
+            return Err(ModelError::BadConfig(
+                "forward_paged needs at least one token per sequence".into(),
+            ));
+        }
+        kv.check(seqs)?;
+        let mut tokens = Vec::new();
+        let mut positions = Vec::new();
+        for s in seqs {
+            self.check_tokens(s.tokens)?;
+            tokens.extend_from_slice(s.tokens);
+            positions.extend(s.start..s.start + s.tokens.len());
+        }
+        let x = self.decode(&tokens, &positions, &mut Kv::Paged(kv, seqs))?;
+        // Only the rows whose logits are wanted go through the output head.
+        let mut rows = Vec::new();
+        let mut row = 0u32;
+        for s in seqs {
+            let n = s.tokens.len() as u32;
+            match s.logits {
+                Logits::Last => rows.push(row + n - 1),
+                Logits::All => rows.extend(row..row + n),
+            }
+            row += n;
+        }
+        let idx = Tensor::new(rows.as_slice(), &Device::Cpu)?;
+        let logits = self.logits(&x.index_select(&idx, 0)?, true)?;
+        let mut out = Vec::with_capacity(seqs.len());
+        let mut at = 0;
+        for s in seqs {
+            let n = match s.logits {
+                Logits::Last => 1,
+                Logits::All => s.tokens.len(),
+            };
+            out.push(logits.narrow(0, at, n)?);
+            at += n;
+        }
+        Ok(out)
+    }
+
+    fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
         if let Some(&id) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
             return Err(ModelError::BadToken {
                 id,
                 vocab: self.cfg.vocab_size,
             });
         }
-        cache.check_room(tokens.len())?;
-        let seq = tokens.len();
-        let start = cache.len();
+        Ok(())
+    }
+
+    /// The decoder stack: embeddings, then each layer's attention and MLP blocks with residuals.
+    /// Returns the last hidden states, (tokens, hidden), before the final norm.
+    fn decode(&self, tokens: &[u32], positions: &[usize], kv: &mut Kv) -> Result<Tensor> {
+        let invariant = matches!(kv, Kv::Paged(..));
         let ids = Tensor::new(tokens, &Device::Cpu)?;
         let mut x = self.embed_tokens.forward(&ids)?;
-        let cs = self.rope.tables(start, seq)?;
+        let cs = self.rope.tables_at(positions)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let h = layer.input_layernorm.forward(&x)?;
-            let h = layer.self_attn.forward(&h, i, &self.rope, &cs, cache)?;
+            let h = layer.self_attn.forward(&h, i, &self.rope, &cs, kv)?;
             x = (x + h)?;
             let h = layer.post_attention_layernorm.forward(&x)?;
-            x = (&x + layer.mlp.forward(&h)?)?;
+            x = (&x + layer.mlp.forward(&h, invariant)?)?;
         }
-        cache.advance(seq);
-        let x = match which {
-            Logits::Last => x.narrow(0, seq - 1, 1)?,
-            Logits::All => x,
+        Ok(x)
+    }
+
+    /// Final norm and output head: (rows, hidden) → (rows, vocab).
+    fn logits(&self, x: &Tensor, invariant: bool) -> Result<Tensor> {
+        let x = self.norm.forward(x)?.contiguous()?;
+        let logits = if invariant {
+            self.lm_head.forward_invariant(&x)?
+        } else {
+            self.lm_head.forward(&x)?
         };
-        let x = self.norm.forward(&x)?;
-        let logits = self.lm_head.forward(&x.contiguous()?)?;
         Ok(logits.reshape(((), self.cfg.vocab_size))?)
     }
 }
