@@ -48,7 +48,16 @@ pub fn load_model(store: &ModelStore, spec: Option<&str>, flags: &GenFlags) -> R
     let opts = LoadOptions {
         tokenizer: flags.tokenizer.clone(),
     };
-    baimo_engine::load(&path, &opts).with_context(|| format!("loading {}", path.display()))
+    let mut m =
+        baimo_engine::load(&path, &opts).with_context(|| format!("loading {}", path.display()))?;
+    if let Some(dir) = &flags.adapter {
+        let adapter = baimo_models::LoraAdapter::load(dir)
+            .with_context(|| format!("loading the adapter {}", dir.display()))?;
+        m.model
+            .set_adapter(Some(&adapter))
+            .with_context(|| format!("applying the adapter {}", dir.display()))?;
+    }
+    Ok(m)
 }
 
 #[derive(Args)]

@@ -5,6 +5,10 @@ use clap::Args;
 
 #[derive(Args, Debug, Clone)]
 pub struct GenFlags {
+    /// A LoRA adapter folder in PEFT format (adapter_config.json + adapter_model.safetensors), applied
+    /// on top of the model without merging.
+    #[arg(long)]
+    pub adapter: Option<std::path::PathBuf>,
     /// Worker threads (default: all cores).
     #[arg(long, short = 't', env = "BAIMO_THREADS")]
     pub threads: Option<usize>,

@@ -37,6 +37,33 @@ fn quant_weight(q: std::sync::Arc<QTensor>) -> Result<LinearWeight> {
     })
 }
 
+/// `x Wᵀ` for small float `W`; with `invariant`, in fixed row tiles (see [`Linear::forward_invariant`]).
+fn tiled_matmul_t(x: &Tensor, w: &Tensor, invariant: bool) -> Result<Tensor> {
+    let wt = w.t()?;
+    if !invariant {
+        return Ok(x.matmul(&wt)?);
+    }
+    let rows = x.dim(0)?;
+    let tiles = rows.div_ceil(INVARIANT_TILE);
+    let pad = tiles * INVARIANT_TILE - rows;
+    let padded = if pad == 0 {
+        x.clone()
+    } else {
+        Tensor::cat(
+            &[x, &Tensor::zeros((pad, x.dim(1)?), x.dtype(), x.device())?],
+            0,
+        )?
+    };
+    let parts = (0..tiles)
+        .map(|t| {
+            padded
+                .narrow(0, t * INVARIANT_TILE, INVARIANT_TILE)?
+                .matmul(&wt)
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(Tensor::cat(&parts, 0)?.narrow(0, 0, rows)?)
+}
+
 /// Rows per float GEMM call in [`Linear::forward_invariant`].
 pub const INVARIANT_TILE: usize = 8;
 
@@ -44,6 +71,8 @@ pub const INVARIANT_TILE: usize = 8;
 pub struct Linear {
     weight: LinearWeight,
     bias: Option<Tensor>,
+    /// An attached LoRA update, applied on top of the frozen weight.
+    lora: Option<crate::lora::LoraDelta>,
     out_features: usize,
     in_features: usize,
 }
@@ -71,6 +100,7 @@ impl Linear {
         Ok(Linear {
             weight,
             bias,
+            lora: None,
             out_features: out,
             in_features: inp,
         })
@@ -118,10 +148,35 @@ impl Linear {
                 Tensor::from_vec(y, (n, self.out_features), x.device())?
             }
         };
-        Ok(match &self.bias {
+        let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
+        };
+        Ok(match &self.lora {
+            // Row by row the product is the same whatever the batch: (x Aᵀ) is a small GEMM per row tile.
+            Some(l) => {
+                let xa = tiled_matmul_t(x, &l.a, invariant)?;
+                (y + (tiled_matmul_t(&xa, &l.b, invariant)? * l.scale)?)?
+            }
+            None => y,
         })
+    }
+
+    /// Attaches (or with `None` removes) a LoRA update; checks its shapes against the layer.
+    pub fn set_lora(&mut self, lora: Option<crate::lora::LoraDelta>, name: &str) -> Result<()> {
+        if let Some(l) = &lora {
+            let (r, inp) = l.a.dims2()?;
+            let (out, rb) = l.b.dims2()?;
+            if inp != self.in_features || out != self.out_features || r != rb {
+                return Err(ModelError::BadShape {
+                    name: format!("{name} LoRA A/B"),
+                    expected: vec![self.out_features, self.in_features],
+                    actual: vec![out, inp],
+                });
+            }
+        }
+        self.lora = lora;
+        Ok(())
     }
 
     pub fn out_features(&self) -> usize {
@@ -206,6 +261,7 @@ impl Embedding {
                 Linear {
                     weight: quant_weight(q.clone())?,
                     bias: None,
+                    lora: None,
                     out_features: v,
                     in_features: h,
                 }
@@ -215,6 +271,7 @@ impl Embedding {
                 Linear {
                     weight: LinearWeight::Candle(QMatMul::Tensor(t.clone())),
                     bias: None,
+                    lora: None,
                     out_features: v,
                     in_features: h,
                 }

@@ -10,6 +10,7 @@ use baimo_formats::safetensors::SafeTensorsFiles;
 use candle_core::{Device, Tensor};
 
 use crate::layers::{softmax_last_dim, Embedding, Linear, RmsNorm, Rope};
+use crate::lora::{permute_rows_for_interleaved_rope, LoraAdapter};
 use crate::paged::{PagedKvCache, SeqSlice};
 use crate::weights::{ModelFormat, WeightSource};
 use crate::{Arch, KvCache, ModelConfig, ModelError, Result, RopeScaling, RopeStyle};
@@ -314,6 +315,62 @@ impl Transformer {
 
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
+    }
+
+    /// Applies a LoRA adapter to the projections it targets (replacing any adapter set before), or with
+    /// `None` restores the base model. The base weights are not touched.
+    pub fn set_adapter(&mut self, adapter: Option<&LoraAdapter>) -> Result<()> {
+        let interleaved = self.cfg.rope_style == RopeStyle::Interleaved;
+        let (nq, nkv) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads);
+        let mut used = 0;
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let a = &mut layer.self_attn;
+            let m = &mut layer.mlp;
+            let slots: [(&str, &mut Linear, Option<usize>); 7] = [
+                ("self_attn.q_proj", &mut a.q_proj, Some(nq)),
+                ("self_attn.k_proj", &mut a.k_proj, Some(nkv)),
+                ("self_attn.v_proj", &mut a.v_proj, None),
+                ("self_attn.o_proj", &mut a.o_proj, None),
+                ("mlp.gate_proj", &mut m.gate_proj, None),
+                ("mlp.up_proj", &mut m.up_proj, None),
+                ("mlp.down_proj", &mut m.down_proj, None),
+            ];
+            for (name, linear, heads) in slots {
+                let path = format!("model.layers.{i}.{name}");
+                let delta = match adapter.and_then(|ad| ad.delta(&path)) {
+                    Some(d) => {
+                        used += 1;
+                        let mut d = d.clone();
+                        if let (true, Some(h)) = (interleaved, heads) {
+                            d.b = permute_rows_for_interleaved_rope(&d.b, h)?;
+                        }
+                        Some(d)
+                    }
+                    None => None,
+                };
+                linear.set_lora(delta, &path)?;
+            }
+        }
+        if let Some(ad) = adapter {
+            let total = ad.modules().count();
+            if used != total {
+                let unknown: Vec<&str> = ad
+                    .modules()
+                    .filter(|m| {
+                        !(0..self.layers.len())
+                            .any(|i| m.starts_with(&format!("model.layers.{i}.")))
+                    })
+                    .take(3)
+                    .collect();
+                self.set_adapter(None)?;
+                return Err(ModelError::BadConfig(format!(
+                    "{}: {} of the adapter's {total} modules are not projections of this model (e.g. {unknown:?})",
+                    ad.path.display(),
+                    total - used
+                )));
+            }
+        }
+        Ok(())
     }
     pub fn format(&self) -> ModelFormat {
         self.format
