@@ -69,7 +69,45 @@ def main():
                                              "config": cfg, "logits": logits,
                                              "max_logit_change_vs_base": delta})
             print(f"{name}/{aname}: adapter changes logits by up to {delta:.3f}")
+    out_manifest["training"] = training_refs(root, prompts, a.seed)
     (root / "tiny/lora-manifest.json").write_text(json.dumps(out_manifest, indent=1) + "\n")
+
+
+def training_refs(root, prompts, seed):
+    """One training step with the lora-all adapter: loss, every LoRA gradient, and the parameters after one
+    torch.optim.AdamW step, for a batch of two equal-length sequences with some labels masked (-100)."""
+    from safetensors.torch import save_file
+    from peft import PeftModel
+    out = []
+    seq = prompts[2]
+    batch = torch.tensor([seq, list(reversed(seq))])
+    labels = batch.clone()
+    labels[0, :5] = -100   # e.g. a prompt that is not trained on
+    labels[1, 12:] = -100
+    opt_cfg = dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    for name in ["llama-gqa", "qwen2-gqa"]:
+        hf = root / "tiny" / name / "hf"
+        base = AutoModelForCausalLM.from_pretrained(hf, torch_dtype=torch.float32, attn_implementation="eager")
+        model = PeftModel.from_pretrained(base, root / "tiny" / name / "lora-all", is_trainable=True)
+        model.train()
+        loss = model(input_ids=batch, labels=labels).loss
+        loss.backward()
+        grads = {k.replace(".default", ""): p.grad.detach().clone().contiguous()
+                 for k, p in model.named_parameters() if p.requires_grad}
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], **opt_cfg)
+        opt.step()
+        after = {k.replace(".default", ""): p.detach().clone().contiguous()
+                 for k, p in model.named_parameters() if p.requires_grad}
+        d = root / "tiny" / name / "lora-train"
+        d.mkdir(exist_ok=True)
+        save_file(grads, str(d / "grads.safetensors"))
+        save_file(after, str(d / "after_step.safetensors"))
+        out.append({"model": name, "adapter": f"tiny/{name}/lora-all", "input_ids": batch.tolist(),
+                    "labels": labels.tolist(), "loss": float(loss), "optimizer": opt_cfg,
+                    "grads": f"tiny/{name}/lora-train/grads.safetensors",
+                    "after_step": f"tiny/{name}/lora-train/after_step.safetensors"})
+        print(f"{name}: training loss {float(loss):.6f}, {len(grads)} LoRA tensors")
+    return out
 
 
 if __name__ == "__main__":

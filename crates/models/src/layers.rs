@@ -37,6 +37,30 @@ fn quant_weight(q: std::sync::Arc<QTensor>) -> Result<LinearWeight> {
     })
 }
 
+static DROPOUT_SEED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Seeds the dropout masks of LoRA training (each mask then draws from the next seed in turn), so a training
+/// run is reproducible.
+pub fn set_dropout_seed(seed: u64) {
+    DROPOUT_SEED.store(seed, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Inverted dropout: zeroes each element with probability `p`, scales the rest by 1/(1-p).
+fn dropout(x: &Tensor, p: f32) -> Result<Tensor> {
+    use rand::{Rng, SeedableRng};
+    if p >= 1.0 {
+        return Ok(x.zeros_like()?);
+    }
+    let seed = DROPOUT_SEED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let scale = 1.0 / (1.0 - p);
+    let mask: Vec<f32> = (0..x.elem_count())
+        .map(|_| if rng.gen::<f32>() < p { 0.0 } else { scale })
+        .collect();
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+    Ok((x * mask)?)
+}
+
 /// `x Wᵀ` for small float `W`; with `invariant`, in fixed row tiles (see [`Linear::forward_invariant`]).
 fn tiled_matmul_t(x: &Tensor, w: &Tensor, invariant: bool) -> Result<Tensor> {
     let wt = w.t()?;
@@ -155,7 +179,12 @@ impl Linear {
         Ok(match &self.lora {
             // Row by row the product is the same whatever the batch: (x Aᵀ) is a small GEMM per row tile.
             Some(l) => {
-                let xa = tiled_matmul_t(x, &l.a, invariant)?;
+                let x = if l.dropout > 0.0 {
+                    dropout(x, l.dropout)?
+                } else {
+                    x.clone()
+                };
+                let xa = tiled_matmul_t(&x, &l.a, invariant)?;
                 (y + (tiled_matmul_t(&xa, &l.b, invariant)? * l.scale)?)?
             }
             None => y,
@@ -341,7 +370,8 @@ impl Rope {
 
 /// Softmax over the last dimension, max-subtracted.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?;
+    // The shift only guards exp() against overflow; it cancels out, so it carries no gradient.
+    let max = x.max_keepdim(D::Minus1)?.detach();
     let e = x.broadcast_sub(&max)?.exp()?;
     let s = e.sum_keepdim(D::Minus1)?;
     Ok(e.broadcast_div(&s)?)

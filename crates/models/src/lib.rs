@@ -18,7 +18,7 @@ pub use error::ModelError;
 pub use kv_cache::KvCache;
 pub use lora::LoraAdapter;
 pub use paged::{PagedKvCache, SeqSlice};
-pub use transformer::{Logits, Transformer};
+pub use transformer::{Logits, LoraTarget, Transformer};
 pub use weights::{ModelFormat, WeightInfo};
 
 pub type Result<T> = std::result::Result<T, ModelError>;

@@ -24,6 +24,8 @@ pub struct LoraDelta {
     /// (out, r)
     pub b: Tensor,
     pub scale: f64,
+    /// Dropout on the adapter's input while training (PEFT's `lora_dropout`); 0 at inference.
+    pub dropout: f32,
 }
 
 /// A loaded adapter: the low-rank update of each targeted module.
@@ -151,7 +153,15 @@ impl LoraAdapter {
                     format!("`{module}`: rank {ra}/{rb} in the tensors, r = {rank} in the config"),
                 ));
             }
-            deltas.insert(module, LoraDelta { a, b, scale });
+            deltas.insert(
+                module,
+                LoraDelta {
+                    a,
+                    b,
+                    scale,
+                    dropout: 0.0,
+                },
+            );
         }
         if let Some(module) = b_of.keys().next() {
             return Err(bad(
@@ -194,9 +204,19 @@ fn split_name(name: &str) -> Option<(String, char)> {
     None
 }
 
+/// Inverse of [`permute_rows_for_interleaved_rope`]: back to Hugging Face's row order (for export).
+pub fn unpermute_rows_for_interleaved_rope(b: &Tensor, n_head: usize) -> Result<Tensor> {
+    let (out, r) = b.dims2()?;
+    let hd = out / n_head;
+    Ok(b.reshape((n_head, hd / 2, 2, r))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((out, r))?)
+}
+
 /// llama.cpp's converter permutes the rows of q_proj/k_proj for Llama so that interleaved (GPT-J style) rope
 /// matches HF's half-split rope; an adapter trained against HF's layout needs the same permutation of B's rows.
-pub(crate) fn permute_rows_for_interleaved_rope(b: &Tensor, n_head: usize) -> Result<Tensor> {
+pub fn permute_rows_for_interleaved_rope(b: &Tensor, n_head: usize) -> Result<Tensor> {
     let (out, r) = b.dims2()?;
     let hd = out / n_head;
     Ok(b.reshape((n_head, 2, hd / 2, r))?

@@ -91,7 +91,13 @@ impl Attention {
         let q = rope.apply(&q, &cs.0, &cs.1)?;
         let k = rope.apply(&k, &cs.0, &cs.1)?;
         let out = match kv {
-            Kv::Contiguous(cache) => self.attend_contiguous(q, k, v, layer, cache)?,
+            Kv::Contiguous(cache) => {
+                let start = cache.len();
+                let (k_all, v_all) = cache.append(layer, &k, &v)?;
+                self.attend_dense(q, k_all, v_all, start)?
+            }
+            // Training: the whole sequence at once, no cache, every op differentiable.
+            Kv::None => self.attend_dense(q, k, v, 0)?,
             Kv::Paged(pool, seqs) => {
                 let flat =
                     |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
@@ -113,18 +119,16 @@ impl Attention {
         }
     }
 
-    /// Softmax attention of `q` (heads, seq, hd) over the cached keys/values plus `k`, `v`; (seq, heads·hd).
-    fn attend_contiguous(
+    /// Causal softmax attention of `q` (heads, seq, hd) at positions `start..` over `k_all`, `v_all`
+    /// (kv_heads, start + seq, hd); returns (seq, heads·hd).
+    fn attend_dense(
         &self,
         q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        layer: usize,
-        cache: &mut KvCache,
+        k_all: Tensor,
+        v_all: Tensor,
+        start: usize,
     ) -> Result<Tensor> {
         let seq = q.dim(1)?;
-        let start = cache.len();
-        let (k_all, v_all) = cache.append(layer, &k, &v)?;
         let total = start + seq;
 
         // Grouped-query attention: query head h reads kv head h / group (HF `repeat_kv`).
@@ -153,6 +157,7 @@ impl Attention {
 
 /// Where attention keeps keys and values: one sequence's contiguous cache, or the paged pool shared by a batch.
 enum Kv<'a, 'b> {
+    None,
     Contiguous(&'a mut KvCache),
     Paged(&'a mut PagedKvCache, &'a [SeqSlice<'b>]),
 }
@@ -227,6 +232,19 @@ impl DecoderLayer {
             mlp: Mlp::load(src, &format!("{p}.mlp"), cfg)?,
         })
     }
+}
+
+/// A projection LoRA can adapt; see [`Transformer::lora_targets`].
+#[derive(Debug, Clone)]
+pub struct LoraTarget {
+    /// `model.layers.N.self_attn.q_proj` etc.
+    pub path: String,
+    /// `q_proj` etc. (PEFT's `target_modules` names).
+    pub short: String,
+    pub out_features: usize,
+    pub in_features: usize,
+    /// Heads whose rows llama.cpp's converter permuted (q/k of GGUF Llama), if any.
+    pub permuted_heads: Option<usize>,
 }
 
 /// Which positions to return logits for.
@@ -395,6 +413,75 @@ impl Transformer {
             Logits::All => x,
         };
         self.logits(&x, false)
+    }
+
+    /// Logits for every position of one sequence, without a KV cache: the training forward pass. Every op is
+    /// differentiable, so gradients reach LoRA parameters given as `candle_core::Var` tensors.
+    pub fn forward_train(&self, tokens: &[u32]) -> Result<Tensor> {
+        if tokens.is_empty() {
+            return Err(ModelError::BadConfig(
+                "forward called with no tokens".into(),
+            ));
+        }
+        self.check_tokens(tokens)?;
+        let positions: Vec<usize> = (0..tokens.len()).collect();
+        let x = self.decode(tokens, &positions, &mut Kv::None)?;
+        self.logits(&x, false)
+    }
+
+    /// The projections a LoRA adapter can target: (module path, out, in, heads for q/k row permutation when
+    /// this model's rope layout is llama.cpp's interleaved one).
+    pub fn lora_targets(&self) -> Vec<LoraTarget> {
+        let interleaved = self.cfg.rope_style == RopeStyle::Interleaved;
+        let mut out = Vec::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let a = &layer.self_attn;
+            let m = &layer.mlp;
+            for (name, l, heads) in [
+                ("self_attn.q_proj", &a.q_proj, Some(a.n_heads)),
+                ("self_attn.k_proj", &a.k_proj, Some(a.n_kv_heads)),
+                ("self_attn.v_proj", &a.v_proj, None),
+                ("self_attn.o_proj", &a.o_proj, None),
+                ("mlp.gate_proj", &m.gate_proj, None),
+                ("mlp.up_proj", &m.up_proj, None),
+                ("mlp.down_proj", &m.down_proj, None),
+            ] {
+                out.push(LoraTarget {
+                    path: format!("model.layers.{i}.{name}"),
+                    short: name.rsplit('.').next().unwrap_or(name).to_string(),
+                    out_features: l.out_features(),
+                    in_features: l.in_features(),
+                    permuted_heads: heads.filter(|_| interleaved),
+                });
+            }
+        }
+        out
+    }
+
+    /// Sets the LoRA update of one projection (as the model computes it: B's rows in the model's own layout).
+    pub fn set_lora(&mut self, path: &str, delta: Option<crate::lora::LoraDelta>) -> Result<()> {
+        let rest = path
+            .strip_prefix("model.layers.")
+            .ok_or_else(|| ModelError::BadConfig(format!("not a projection: {path}")))?;
+        let (i, name) = rest
+            .split_once('.')
+            .ok_or_else(|| ModelError::BadConfig(format!("not a projection: {path}")))?;
+        let layer = i
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| self.layers.get_mut(i))
+            .ok_or_else(|| ModelError::BadConfig(format!("no layer in {path}")))?;
+        let linear = match name {
+            "self_attn.q_proj" => &mut layer.self_attn.q_proj,
+            "self_attn.k_proj" => &mut layer.self_attn.k_proj,
+            "self_attn.v_proj" => &mut layer.self_attn.v_proj,
+            "self_attn.o_proj" => &mut layer.self_attn.o_proj,
+            "mlp.gate_proj" => &mut layer.mlp.gate_proj,
+            "mlp.up_proj" => &mut layer.mlp.up_proj,
+            "mlp.down_proj" => &mut layer.mlp.down_proj,
+            _ => return Err(ModelError::BadConfig(format!("not a projection: {path}"))),
+        };
+        linear.set_lora(delta, path)
     }
 
     /// One forward pass over several sequences at once (continuous batching): each [`SeqSlice`] contributes its
