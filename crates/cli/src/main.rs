@@ -2,6 +2,7 @@
 
 mod chat;
 mod commands;
+mod finetune;
 mod sampling;
 
 use std::path::PathBuf;
@@ -32,6 +33,8 @@ enum Command {
     Chat(chat::ChatArgs),
     /// Perplexity over a text file, as llama.cpp's llama-perplexity reports it.
     Perplexity(commands::PerplexityArgs),
+    /// LoRA fine-tuning on your own chat data (JSONL); writes a PEFT adapter.
+    Finetune(Box<finetune::FinetuneArgs>),
     /// Download a model: a catalog name, or hf:REPO[/FILE].
     Pull(commands::PullArgs),
     /// List pulled models and the catalog.
@@ -55,6 +58,7 @@ fn main() {
         Command::Run(a) => commands::run(&store, a),
         Command::Chat(a) => chat::chat(&store, a),
         Command::Perplexity(a) => commands::perplexity(&store, a),
+        Command::Finetune(a) => finetune::finetune(&store, *a),
         Command::Pull(a) => commands::pull(&store, a),
         Command::List => commands::list(&store),
         Command::Rm(a) => commands::rm(&store, a),

@@ -208,6 +208,11 @@ impl Linear {
         Ok(())
     }
 
+    /// A float weight (differentiable with respect to the input).
+    pub fn is_float(&self) -> bool {
+        matches!(self.weight, LinearWeight::Candle(QMatMul::Tensor(_)))
+    }
+
     pub fn out_features(&self) -> usize {
         self.out_features
     }

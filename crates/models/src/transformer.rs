@@ -301,6 +301,35 @@ impl Transformer {
         Transformer::load(cfg, g)
     }
 
+    /// Like [`Transformer::from_gguf`] with every weight dequantized to f32 (a trainable float base).
+    pub fn from_gguf_dequantized(g: &GgufFile) -> Result<Transformer> {
+        let mut cfg = ModelConfig::from_gguf(g)?;
+        if let Some(w) = WeightSource::get(g, "rope_freqs.weight")? {
+            let factors = w.into_f32()?.flatten_all()?.to_vec1::<f32>()?;
+            cfg.rope_scaling = Some(RopeScaling::FreqFactors(factors));
+        }
+        Transformer::load(cfg, &crate::weights::Dequantized(g))
+    }
+
+    /// True when every linear layer is float, so gradients flow through the whole decoder.
+    pub fn is_float(&self) -> bool {
+        self.layers.iter().all(|l| {
+            let a = &l.self_attn;
+            let m = &l.mlp;
+            [
+                &a.q_proj,
+                &a.k_proj,
+                &a.v_proj,
+                &a.o_proj,
+                &m.gate_proj,
+                &m.up_proj,
+                &m.down_proj,
+            ]
+            .iter()
+            .all(|x| x.is_float())
+        })
+    }
+
     pub fn from_hf_dir(dir: &Path) -> Result<Transformer> {
         let cfg = ModelConfig::from_hf_config(&dir.join("config.json"))?;
         let files = SafeTensorsFiles::open(dir)?;

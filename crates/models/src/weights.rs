@@ -187,3 +187,19 @@ pub fn gguf_weight_infos(g: &GgufFile) -> Vec<WeightInfo> {
         })
         .collect()
 }
+
+/// Any source with every weight dequantized to f32 on load: a float copy of a quantized model, for training
+/// (gradients must flow through the frozen base; the adapter then serves on the quantized file).
+pub struct Dequantized<'a>(pub &'a dyn WeightSource);
+
+impl WeightSource for Dequantized<'_> {
+    fn get(&self, name: &str) -> Result<Option<Weight>> {
+        Ok(match self.0.get(name)? {
+            Some(w) => Some(Weight::Float(w.into_f32()?)),
+            None => None,
+        })
+    }
+    fn format(&self) -> ModelFormat {
+        self.0.format()
+    }
+}

@@ -9,6 +9,7 @@
 pub mod data;
 pub mod error;
 pub mod params;
+pub mod run;
 pub mod trainer;
 
 pub use data::{BadRecord, DataFormat, Example};

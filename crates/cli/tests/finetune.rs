@@ -1,0 +1,109 @@
+//! `baimo finetune` end to end on a tiny model: bad records are reported by line, the loss on held-out data
+//! falls, and the adapter it writes is PEFT's format and changes what `baimo run --adapter` generates.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn eval_losses(stderr: &str) -> Vec<f64> {
+    stderr
+        .lines()
+        .filter_map(|l| l.split("eval loss ").nth(1))
+        .filter_map(|v| v.trim().parse().ok())
+        .collect()
+}
+
+#[test]
+fn finetune_learns_and_writes_a_peft_adapter() {
+    let dir = std::env::temp_dir().join(format!("baimo-ft-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The company dataset plus two bad records.
+    let mut data = std::fs::read_to_string(root().join("fixtures/finetune/train.jsonl")).unwrap();
+    data.push_str(
+        "{not json\n{\"messages\": [{\"role\": \"user\", \"content\": \"no answer\"}]}\n",
+    );
+    let data_path = dir.join("train.jsonl");
+    std::fs::write(&data_path, data).unwrap();
+    let out = dir.join("adapter");
+    let model = root().join("fixtures/tiny/qwen2-gqa/hf");
+    let r = Command::new(env!("CARGO_BIN_EXE_baimo"))
+        .args(["finetune", "--model"])
+        .arg(&model)
+        .arg("--data")
+        .arg(&data_path)
+        .arg("--eval-file")
+        .arg(root().join("fixtures/finetune/heldout.jsonl"))
+        .arg("--out")
+        .arg(&out)
+        .args([
+            "--max-steps",
+            "24",
+            "--lr",
+            "5e-3",
+            "--batch-size",
+            "4",
+            "--eval-every",
+            "8",
+            "--seed",
+            "7",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("line 25: skipped: invalid JSON"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("line 26: skipped: no assistant message"),
+        "{stderr}"
+    );
+    let losses = eval_losses(&stderr);
+    assert!(losses.len() >= 3, "{stderr}");
+    assert!(
+        losses.last().unwrap() < &(losses[0] * 0.9),
+        "held-out loss did not fall: {losses:?}"
+    );
+    assert!(out.join("adapter_config.json").is_file());
+    assert!(out.join("adapter_model.safetensors").is_file());
+
+    // --on-bad-record fail names the line.
+    let r = Command::new(env!("CARGO_BIN_EXE_baimo"))
+        .args(["finetune", "--model"])
+        .arg(&model)
+        .arg("--data")
+        .arg(&data_path)
+        .arg("--out")
+        .arg(dir.join("never"))
+        .args(["--on-bad-record", "fail", "--max-steps", "1"])
+        .output()
+        .unwrap();
+    assert!(!r.status.success());
+    assert!(String::from_utf8_lossy(&r.stderr).contains("train.jsonl:25"));
+
+    // The adapter changes greedy output.
+    let run = |adapter: Option<&Path>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_baimo"));
+        c.arg("run").arg(&model).args([
+            "-p",
+            "How much is the DustFox?",
+            "-n",
+            "12",
+            "--temperature",
+            "0",
+            "--json",
+        ]);
+        if let Some(a) = adapter {
+            c.arg("--adapter").arg(a);
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert_ne!(run(None), run(Some(&out)));
+    std::fs::remove_dir_all(&dir).ok();
+}
