@@ -11,3 +11,4 @@ mod mmap;
 pub mod safetensors;
 
 pub use error::{FormatError, Result};
+pub use mmap::SharedBytes;

@@ -36,3 +36,38 @@ impl Bytes {
         }
     }
 }
+
+/// A byte range of a file that keeps the file's bytes (its memory map) alive: weights handed to the
+/// model this way are served from the page cache, never copied. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SharedBytes {
+    owner: std::sync::Arc<Bytes>,
+    start: usize,
+    len: usize,
+}
+
+impl SharedBytes {
+    /// `owner[start..start+len]`; the caller has checked the range.
+    pub(crate) fn new(owner: std::sync::Arc<Bytes>, start: usize, len: usize) -> SharedBytes {
+        debug_assert!(start + len <= owner.as_slice().len());
+        SharedBytes { owner, start, len }
+    }
+
+    /// Whether the bytes are a memory map (as opposed to an owned buffer).
+    pub fn is_mapped(&self) -> bool {
+        matches!(*self.owner, Bytes::Mapped(_))
+    }
+}
+
+impl std::ops::Deref for SharedBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.owner.as_slice()[self.start..self.start + self.len]
+    }
+}
+
+impl AsRef<[u8]> for SharedBytes {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}

@@ -1,8 +1,17 @@
-//! CPU kernels. For now: matrix products over GGUF's 32-element block formats (Q4_0, Q4_1, Q5_0, Q5_1,
-//! Q8_0) with activations quantized exactly as ggml's x86 path does (`quantize_row_q8_0` / `_q8_1` in
-//! ggml-cpu `quants.c`: `d = amax/127`, `id = 127/amax`, round half to even, Q8_1's `s = fp16(d·Σq)`), so
-//! logits agree with llama.cpp's on the same file to float-summation order.
+//! CPU kernels: quantized weight matrices (every GGUF block format real files use: Q4_0, Q4_1, Q5_0, Q5_1,
+//! Q8_0, Q2_K..Q6_K) times f32 activations, computed the way ggml's CPU backend computes them.
+//!
+//! Activations are quantized once per matmul exactly as ggml's x86 path does ([`q8`]), integer dot products
+//! are exact, so logits agree with llama.cpp's on the same file up to float summation order. Every SIMD
+//! kernel ([`avx2`]) has a scalar reference ([`q32`], [`kquant`]) that the tests compare it with.
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+mod format;
+pub mod kquant;
+mod matmul;
 pub mod q32;
+pub mod q8;
 
-pub use q32::{quant_matmul, BlockFormat, KernelError};
+pub use format::{BlockFormat, KernelError, QK, QK_K};
+pub use matmul::{dequantize_row, quant_matmul, quant_matmul_with, Isa, TILE};

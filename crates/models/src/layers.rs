@@ -1,8 +1,10 @@
 //! Building blocks of the decoder. Model code never branches on the tensor type: [`Linear`] hides whether
-//! its weight is quantized (candle `QMatMul`: activations quantized to Q8 blocks as ggml does) or float.
+//! its weight is quantized (our `baimo-kernels`, activations quantized to Q8 blocks as ggml does, weights
+//! read in place from the file's memory map) or float (candle).
 
-use baimo_kernels::{quant_matmul, BlockFormat};
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use baimo_formats::SharedBytes;
+use baimo_kernels::{dequantize_row, quant_matmul, BlockFormat};
+use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor, D};
 
 use crate::weights::{Weight, WeightSource};
@@ -10,31 +12,13 @@ use crate::{ModelError, Result};
 
 /// How a linear layer's weight is stored and multiplied.
 enum LinearWeight {
-    /// Float weights, and the K-quants (candle's `QMatMul`, Q8_K activations as ggml).
+    /// Float weights (and any quantized type our kernels lack) through candle's `QMatMul`.
     Candle(QMatMul),
-    /// 32-element block formats, multiplied by our kernel with ggml-identical activation quantization.
-    Blocks { format: BlockFormat, data: Vec<u8> },
-}
-
-fn block_format(dtype: GgmlDType) -> Option<BlockFormat> {
-    Some(match dtype {
-        GgmlDType::Q4_0 => BlockFormat::Q4_0,
-        GgmlDType::Q4_1 => BlockFormat::Q4_1,
-        GgmlDType::Q5_0 => BlockFormat::Q5_0,
-        GgmlDType::Q5_1 => BlockFormat::Q5_1,
-        GgmlDType::Q8_0 => BlockFormat::Q8_0,
-        _ => return None,
-    })
-}
-
-fn quant_weight(q: std::sync::Arc<QTensor>) -> Result<LinearWeight> {
-    Ok(match block_format(q.dtype()) {
-        Some(format) => LinearWeight::Blocks {
-            format,
-            data: q.data()?.into_owned(),
-        },
-        None => LinearWeight::Candle(QMatMul::from_arc(q)?),
-    })
+    /// GGUF block formats, multiplied in place by our kernels with ggml-identical activation quantization.
+    Blocks {
+        format: BlockFormat,
+        data: SharedBytes,
+    },
 }
 
 static DROPOUT_SEED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -113,7 +97,8 @@ impl Linear {
         let w = src.require(&name)?;
         check_shape(&name, &w.dims(), &[out, inp])?;
         let weight = match w {
-            Weight::Quant(q) => quant_weight(std::sync::Arc::new(q))?,
+            Weight::Blocks { format, data, .. } => LinearWeight::Blocks { format, data },
+            Weight::Quant(q) => LinearWeight::Candle(QMatMul::from_arc(std::sync::Arc::new(q))?),
             Weight::Float(t) => LinearWeight::Candle(QMatMul::Tensor(t)),
         };
         let bias = if bias {
@@ -261,8 +246,15 @@ impl RmsNorm {
     }
 }
 
-/// Token embedding table; stays quantized when the file stores it quantized (rows dequantized on lookup).
+/// Token embedding table; stays quantized when the file stores it quantized (rows dequantized on lookup,
+/// as ggml's `get_rows` does).
 pub enum Embedding {
+    Blocks {
+        format: BlockFormat,
+        data: SharedBytes,
+        vocab: usize,
+        hidden: usize,
+    },
     Quant(std::sync::Arc<QTensor>),
     Float(Tensor),
 }
@@ -277,12 +269,41 @@ impl Embedding {
         let w = src.require(name)?;
         check_shape(name, &w.dims(), &[vocab, hidden])?;
         Ok(match w {
+            Weight::Blocks { format, data, .. } => Embedding::Blocks {
+                format,
+                data,
+                vocab,
+                hidden,
+            },
             Weight::Quant(q) => Embedding::Quant(std::sync::Arc::new(q)),
             Weight::Float(t) => Embedding::Float(t),
         })
     }
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         Ok(match self {
+            Embedding::Blocks {
+                format,
+                data,
+                vocab,
+                hidden,
+            } => {
+                let ids = ids.flatten_all()?.to_vec1::<u32>()?;
+                let row_bytes = data.len() / vocab;
+                let mut v = Vec::with_capacity(ids.len() * hidden);
+                for &id in &ids {
+                    let id = id as usize;
+                    if id >= *vocab {
+                        return Err(ModelError::Kernel(format!(
+                            "token id {id} outside the embedding table of {vocab}"
+                        )));
+                    }
+                    v.extend(dequantize_row(
+                        *format,
+                        &data[id * row_bytes..(id + 1) * row_bytes],
+                    ));
+                }
+                Tensor::from_vec(v, (ids.len(), *hidden), &Device::Cpu)?
+            }
             Embedding::Quant(q) => q.embedding(ids)?,
             Embedding::Float(t) => t.index_select(ids, 0)?,
         })
@@ -290,10 +311,24 @@ impl Embedding {
     /// The same table as an output projection (tied embeddings).
     pub fn as_linear(&self) -> Result<Linear> {
         Ok(match self {
+            Embedding::Blocks {
+                format,
+                data,
+                vocab,
+                hidden,
+            } => Linear {
+                weight: LinearWeight::Blocks {
+                    format: *format,
+                    data: data.clone(),
+                },
+                bias: None,
+                out_features: *vocab,
+                in_features: *hidden,
+            },
             Embedding::Quant(q) => {
                 let (v, h) = q.shape().dims2()?;
                 Linear {
-                    weight: quant_weight(q.clone())?,
+                    weight: LinearWeight::Candle(QMatMul::from_arc(q.clone())?),
                     bias: None,
                     lora: None,
                     out_features: v,

@@ -5,6 +5,8 @@
 use baimo_formats::gguf::{GgmlType, GgufFile};
 use baimo_formats::llama2c::Llama2cCheckpoint;
 use baimo_formats::safetensors::SafeTensorsFiles;
+use baimo_formats::SharedBytes;
+use baimo_kernels::{dequantize_row, BlockFormat};
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
@@ -20,6 +22,14 @@ pub enum ModelFormat {
 
 /// One weight as stored: quantized blocks, or a float tensor (always converted to f32 for compute).
 pub enum Weight {
+    /// A block format our kernels multiply, served from the file's memory map (no copy).
+    Blocks {
+        format: BlockFormat,
+        /// (rows, cols).
+        dims: [usize; 2],
+        data: SharedBytes,
+    },
+    /// Any other quantized type, through candle (none that GGUF files use today).
     Quant(QTensor),
     Float(Tensor),
 }
@@ -27,6 +37,7 @@ pub enum Weight {
 impl Weight {
     pub fn dims(&self) -> Vec<usize> {
         match self {
+            Weight::Blocks { dims, .. } => dims.to_vec(),
             Weight::Quant(q) => q.shape().dims().to_vec(),
             Weight::Float(t) => t.dims().to_vec(),
         }
@@ -34,10 +45,35 @@ impl Weight {
     /// A float tensor, dequantizing if needed (norm weights, biases).
     pub fn into_f32(self) -> Result<Tensor> {
         Ok(match self {
+            Weight::Blocks { format, dims, data } => {
+                let row_bytes = data.len() / dims[0].max(1);
+                let v: Vec<f32> = data
+                    .chunks_exact(row_bytes.max(1))
+                    .flat_map(|r| dequantize_row(format, r))
+                    .collect();
+                Tensor::from_vec(v, (dims[0], dims[1]), &Device::Cpu)?
+            }
             Weight::Quant(q) => q.dequantize(&Device::Cpu)?,
             Weight::Float(t) => t,
         })
     }
+}
+
+/// The GGUF types our kernels multiply.
+pub fn block_format(t: GgmlType) -> Option<BlockFormat> {
+    Some(match t {
+        GgmlType::Q4_0 => BlockFormat::Q4_0,
+        GgmlType::Q4_1 => BlockFormat::Q4_1,
+        GgmlType::Q5_0 => BlockFormat::Q5_0,
+        GgmlType::Q5_1 => BlockFormat::Q5_1,
+        GgmlType::Q8_0 => BlockFormat::Q8_0,
+        GgmlType::Q2K => BlockFormat::Q2K,
+        GgmlType::Q3K => BlockFormat::Q3K,
+        GgmlType::Q4K => BlockFormat::Q4K,
+        GgmlType::Q5K => BlockFormat::Q5K,
+        GgmlType::Q6K => BlockFormat::Q6K,
+        _ => return None,
+    })
 }
 
 /// Summary of one stored tensor, for `baimo info`.
@@ -121,6 +157,17 @@ impl WeightSource for GgufFile {
             })?;
         // ggml lists dims innermost first; candle wants (rows, cols).
         let dims: Vec<usize> = info.dims.iter().rev().map(|&d| d as usize).collect();
+        if let Some(format) = block_format(info.dtype) {
+            let cols = info.dims.first().copied().unwrap_or(1) as usize;
+            let rows = info.dims.iter().skip(1).product::<u64>() as usize;
+            if cols.checked_rem(format.block_len()) == Some(0) {
+                return Ok(Some(Weight::Blocks {
+                    format,
+                    dims: [rows, cols],
+                    data: self.tensor_shared(info),
+                }));
+            }
+        }
         let data = self.tensor_data(info);
         let q = qtensor_from_ggml(dtype, data, dims, &Device::Cpu)?;
         Ok(Some(match dtype {

@@ -21,7 +21,7 @@ pub use types::{ggml_type_name, GgmlType, QK_K};
 pub use value::Value;
 pub use writer::GgufWriter;
 
-use crate::mmap::Bytes;
+use crate::mmap::{Bytes, SharedBytes};
 use crate::Result;
 
 /// `GGUF_DEFAULT_ALIGNMENT` in gguf.h.
@@ -131,7 +131,7 @@ impl GgufHeader {
 #[derive(Debug)]
 pub struct GgufFile {
     header: GgufHeader,
-    bytes: Bytes,
+    bytes: std::sync::Arc<Bytes>,
     path: Option<PathBuf>,
     by_name: HashMap<String, usize>,
 }
@@ -175,7 +175,7 @@ impl GgufFile {
             .collect();
         GgufFile {
             header,
-            bytes,
+            bytes: std::sync::Arc::new(bytes),
             path,
             by_name,
         }
@@ -210,15 +210,28 @@ impl GgufFile {
     /// The tensor's bytes, a zero-copy slice of the file. For an info taken from this file the
     /// range was validated at open; for any other info that does not fit, the slice is empty.
     pub fn tensor_data(&self, info: &TensorInfo) -> &[u8] {
+        let (s, e) = self.tensor_range(info);
+        &self.bytes.as_slice()[s..e]
+    }
+
+    /// The tensor's bytes as a handle that keeps the file mapped (no copy), for weights that outlive
+    /// this `GgufFile`. Empty under the same conditions as [`GgufFile::tensor_data`].
+    pub fn tensor_shared(&self, info: &TensorInfo) -> SharedBytes {
+        let (s, e) = self.tensor_range(info);
+        SharedBytes::new(self.bytes.clone(), s, e - s)
+    }
+
+    /// The tensor's byte range in the file, or an empty range when it does not fit.
+    fn tensor_range(&self, info: &TensorInfo) -> (usize, usize) {
         let start = self.header.data_offset.checked_add(info.offset);
         let end = start.and_then(|s| s.checked_add(info.n_bytes()));
+        let len = self.bytes.as_slice().len();
         match (start, end) {
-            (Some(s), Some(e)) => usize::try_from(s)
-                .ok()
-                .zip(usize::try_from(e).ok())
-                .and_then(|(s, e)| self.bytes.as_slice().get(s..e))
-                .unwrap_or(&[]),
-            _ => &[],
+            (Some(s), Some(e)) => match (usize::try_from(s), usize::try_from(e)) {
+                (Ok(s), Ok(e)) if s <= e && e <= len => (s, e),
+                _ => (0, 0),
+            },
+            _ => (0, 0),
         }
     }
 

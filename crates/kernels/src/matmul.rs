@@ -1,0 +1,175 @@
+//! Quantized weights × f32 activations: validation, activation quantization (once per call), and the
+//! parallel tiled loop that calls a tile kernel (scalar or SIMD).
+//!
+//! Work is split over chunks of weight rows (rayon); inside a chunk, activation rows are taken [`TILE`] at a
+//! time and every weight row of the chunk is multiplied with the whole tile, so a weight block is unpacked
+//! once per tile and the chunk's weights stay in cache across tiles. Each output value is computed by the
+//! same sequence of operations whatever the tile holds, so a row's result never depends on which other rows
+//! are in the batch (batch invariance; tested).
+
+use rayon::prelude::*;
+
+use crate::format::{BlockFormat, KernelError};
+use crate::q8::{Q8Acts, Q8KActs};
+use crate::{kquant, q32};
+
+/// Activation rows multiplied per weight-block unpack.
+pub const TILE: usize = 8;
+
+/// Which kernel implementation runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    Scalar,
+    /// AVX2 + FMA (x86-64).
+    Avx2,
+}
+
+impl Isa {
+    /// The best implementation this CPU runs; `BAIMO_KERNELS=scalar` forces the reference.
+    pub fn detect() -> Isa {
+        if std::env::var("BAIMO_KERNELS").is_ok_and(|v| v == "scalar") {
+            return Isa::Scalar;
+        }
+        if avx2_available() {
+            return Isa::Avx2;
+        }
+        Isa::Scalar
+    }
+}
+
+fn avx2_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Quantized activations in the form the weight format pairs with.
+pub enum Acts {
+    Q8(Q8Acts),
+    Q8K(Q8KActs),
+}
+
+/// `out[t][r] = Σ_c W[r][c] · x[t][c]` for `x` of `n` rows × `cols`, `W` of `rows` × `cols` in `format`.
+/// Returns `n × rows` values, row-major. Uses the best kernel for this CPU.
+pub fn quant_matmul(
+    format: BlockFormat,
+    w: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+) -> Result<Vec<f32>, KernelError> {
+    quant_matmul_with(Isa::detect(), format, w, rows, cols, x)
+}
+
+/// [`quant_matmul`] with a chosen implementation (tests compare them).
+pub fn quant_matmul_with(
+    isa: Isa,
+    format: BlockFormat,
+    w: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+) -> Result<Vec<f32>, KernelError> {
+    let isa = if isa == Isa::Avx2 && !avx2_available() {
+        Isa::Scalar
+    } else {
+        isa
+    };
+    let block = format.block_len();
+    if cols % block != 0 {
+        return Err(KernelError::RaggedRow {
+            cols,
+            block,
+            format,
+        });
+    }
+    let row_bytes = cols / block * format.block_bytes();
+    if w.len() != rows * row_bytes {
+        return Err(KernelError::WeightSize {
+            len: w.len(),
+            expected: rows * row_bytes,
+            rows,
+            cols,
+            format,
+        });
+    }
+    if cols == 0 || x.len() % cols != 0 {
+        return Err(KernelError::ActivationSize { len: x.len(), cols });
+    }
+    let n = x.len() / cols;
+    let acts = if format.is_k() {
+        Acts::Q8K(Q8KActs::quantize(x, cols))
+    } else {
+        Acts::Q8(Q8Acts::quantize(x, cols))
+    };
+    let mut out = vec![0f32; n * rows];
+    let chunk = chunk_rows(rows, n);
+    let dst = SendPtr(out.as_mut_ptr());
+    w.par_chunks(chunk * row_bytes)
+        .enumerate()
+        .for_each(|(ci, wchunk)| {
+            let r0 = ci * chunk;
+            let mut buf = [0f32; TILE];
+            for t0 in (0..n).step_by(TILE) {
+                let nt = TILE.min(n - t0);
+                for (r, wrow) in wchunk.chunks_exact(row_bytes).enumerate() {
+                    tile(isa, format, wrow, &acts, t0, &mut buf[..nt]);
+                    for (i, v) in buf[..nt].iter().enumerate() {
+                        // SAFETY: chunks cover disjoint row ranges, so every (t, r) is written by exactly
+                        // one task, and `(t0+i)·rows + r0 + r` < n·rows.
+                        unsafe { dst.write((t0 + i) * rows + r0 + r, *v) };
+                    }
+                }
+            }
+        });
+    Ok(out)
+}
+
+/// Rows per parallel task: enough tasks to balance the threads, few enough that scheduling stays cheap.
+fn chunk_rows(rows: usize, n: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    let by_balance = rows.div_ceil(threads * 8);
+    // Large batches amortize scheduling better; small ones want whole cache-friendly chunks.
+    let cap = if n >= TILE { 32 } else { 64 };
+    by_balance.clamp(4, cap).min(rows.max(1))
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    /// # Safety
+    /// `i` in bounds of the buffer and no other thread writes index `i`.
+    unsafe fn write(self, i: usize, v: f32) {
+        *self.0.add(i) = v;
+    }
+}
+
+/// One weight row × activation rows `t0..t0+out.len()`.
+fn tile(isa: Isa, format: BlockFormat, wrow: &[u8], acts: &Acts, t0: usize, out: &mut [f32]) {
+    match (isa, acts) {
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, Acts::Q8K(a)) => unsafe { crate::avx2::tile_k(format, wrow, a, t0, out) },
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, Acts::Q8(a)) => unsafe { crate::avx2::tile_32(format, wrow, a, t0, out) },
+        (_, Acts::Q8K(a)) => kquant::tile_scalar(format, wrow, a, t0, out),
+        (_, Acts::Q8(a)) => q32::tile_scalar(format, wrow, a, t0, out),
+    }
+}
+
+/// Dequantizes one weight row (float reference for tests and embeddings).
+pub fn dequantize_row(format: BlockFormat, row: &[u8]) -> Vec<f32> {
+    if format.is_k() {
+        kquant::dequantize_row(format, row)
+    } else {
+        q32::dequantize_row(format, row)
+    }
+}
