@@ -322,6 +322,7 @@ impl Embedding {
                     data: data.clone(),
                 },
                 bias: None,
+                lora: None,
                 out_features: *vocab,
                 in_features: *hidden,
             },
