@@ -1,8 +1,10 @@
 //! `baimo`: argument parsing and wiring only. Everything else lives in the library crates.
 
+mod bench;
 mod chat;
 mod commands;
 mod sampling;
+mod threads;
 
 use std::path::PathBuf;
 
@@ -32,6 +34,8 @@ enum Command {
     Chat(chat::ChatArgs),
     /// Perplexity over a text file, as llama.cpp's llama-perplexity reports it.
     Perplexity(commands::PerplexityArgs),
+    /// Prompt-processing and generation speed, peak memory and load time, as llama-bench measures them.
+    Bench(bench::BenchArgs),
     /// Download a model: a catalog name, or hf:REPO[/FILE].
     Pull(commands::PullArgs),
     /// List pulled models and the catalog.
@@ -55,6 +59,7 @@ fn main() {
         Command::Run(a) => commands::run(&store, a),
         Command::Chat(a) => chat::chat(&store, a),
         Command::Perplexity(a) => commands::perplexity(&store, a),
+        Command::Bench(a) => bench::bench(&store, a),
         Command::Pull(a) => commands::pull(&store, a),
         Command::List => commands::list(&store),
         Command::Rm(a) => commands::rm(&store, a),

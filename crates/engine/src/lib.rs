@@ -1,6 +1,7 @@
 //! The engine: loads a model with its tokenizer and chat template, generates with a KV cache and a
 //! sampler, and measures perplexity. The CLI and (later) the server sit on top of it.
 
+pub mod bench;
 pub mod error;
 pub mod generate;
 pub mod loader;
@@ -20,8 +21,8 @@ pub use loader::{load, LoadOptions, LoadedModel, ModelInfo};
 pub use perplexity::{perplexity, PerplexityReport};
 pub use sampler::{Sampler, SamplingParams};
 pub use serving::{
-    EngineConfig, EngineHandle, Event, GenRequest, PromptTokenLogprob, ServingEngine, StatsSnapshot,
-    SubmitError, Usage,
+    EngineConfig, EngineHandle, Event, GenRequest, PromptTokenLogprob, ServingEngine,
+    StatsSnapshot, SubmitError, Usage,
 };
 pub use stepper::Stepper;
 pub use stop::StopMatcher;
