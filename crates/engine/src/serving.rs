@@ -72,10 +72,7 @@ pub enum Event {
     PromptLogprobs(Vec<PromptTokenLogprob>),
     /// One generated token and the text it releases (may be empty: an incomplete UTF-8 sequence or a possible
     /// stop-string prefix is held back until it resolves).
-    Token {
-        token: GeneratedToken,
-        text: String,
-    },
+    Token { token: GeneratedToken, text: String },
     /// Text released when the sequence ends without a new token (the tail held back for UTF-8 completeness or as
     /// a possible stop-string prefix, after an end-of-generation token).
     Text(String),
