@@ -86,6 +86,8 @@ def baimo_run(args, gguf, threads, p, n, depth, bw):
            "-r", str(args.reps), "--json"]
     if bw:
         cmd += ["--mem-bw", f"{bw:.2f}"]
+    if args.no_warmup:
+        cmd.append("--no-warmup")
     log("$", " ".join(cmd))
     rc, out, err, _, wall = run_child(cmd)
     if rc != 0:
@@ -99,6 +101,8 @@ def baimo_run(args, gguf, threads, p, n, depth, bw):
 def llama_run(args, gguf, threads, p, n, depth):
     cmd = [args.llama_bench, "-m", gguf, "-p", str(p), "-n", str(n), "-d", str(depth), "-t", str(threads),
            "-r", str(args.reps), "-o", "json", "--repack", "0"]
+    if args.no_warmup:
+        cmd.append("--no-warmup")
     env = dict(os.environ)
     bindir = str(Path(args.llama_bench).parent)
     env["LD_LIBRARY_PATH"] = bindir + (":" + env["LD_LIBRARY_PATH"] if env.get("LD_LIBRARY_PATH") else "")
@@ -292,7 +296,7 @@ def machine(bw, bwj) -> str:
     bws = ", ".join(f"{bw[t]:.1f} GB/s with {t} thread{'s' if t > 1 else ''}" for t in sorted(bw)) or "not measured"
     cpus = g(r"CPU\(s\)")
     return (f"Machine: {g('Model name')}, {cpus} CPUs, L3 {g('L3 cache')}, SIMD {' '.join(simd)}; "
-            f"memory read bandwidth (membw.c, best of 10) {bws}; loadavg at start {os.getloadavg()[0]:.2f}.")
+            f"memory read bandwidth (membw.c, best of 10) {bws}.")
 
 
 def main():
@@ -309,6 +313,7 @@ def main():
     ap.add_argument("--depth", type=int, default=4096)
     ap.add_argument("--depth-models", default="Q8_0,qwen-coder", help="models also timed at --depth")
     ap.add_argument("--no-depth", action="store_true")
+    ap.add_argument("--no-warmup", action="store_true", help="skip both programs' warm-up runs")
     ap.add_argument("--no-llamacpp", action="store_true", help="time baimo only")
     ap.add_argument("--membw-json", default=None, help="membw.py output (read, or written by --measure-bw)")
     ap.add_argument("--measure-bw", action="store_true", help="run ../shared/bench/membw.py first")
@@ -371,7 +376,7 @@ def main():
         return
     finished = datetime.datetime.now(datetime.timezone.utc)
     head = (f"Run {started:%Y-%m-%d %H:%M}–{finished:%H:%M} UTC; {machine(bw, bwj)} "
-            f"loadavg at end {os.getloadavg()[0]:.2f} (start {load0[0]:.2f}). "
+            f"load average {load0[0]:.2f} at the start, {os.getloadavg()[0]:.2f} at the end. "
             f"`{' '.join(Path(a).name if i == 0 else a for i, a in enumerate(sys.argv))}`\n")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parents[1]).stdout.strip()

@@ -50,6 +50,9 @@ pub struct BenchArgs {
     /// Timed repetitions of each test (after one warm-up).
     #[arg(long = "repetitions", short = 'r', default_value_t = 5)]
     pub reps: usize,
+    /// Skip the untimed warm-up run of each test (llama-bench `--no-warmup`).
+    #[arg(long)]
+    pub no_warmup: bool,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -182,7 +185,7 @@ pub fn bench(store: &ModelStore, a: BenchArgs) -> Result<()> {
         if !a.json {
             eprint!("\r{:<20}", spec.name());
         }
-        let times = b.run(spec, a.reps)?;
+        let times = b.run(spec, a.reps, !a.no_warmup)?;
         let tps = tokens_per_s(spec.n, &times);
         let limits = match (spec.kind, Spread::of(&tps)) {
             (TestKind::Gen, Some(s)) => {
@@ -211,6 +214,7 @@ pub fn bench(store: &ModelStore, a: BenchArgs) -> Result<()> {
         "n_gen": tg.map_or(0, |r| r.spec.n),
         "depth": a.depth.first().copied().unwrap_or(0),
         "reps": a.reps,
+        "warmup": !a.no_warmup,
         "prompt_tokens_per_s": spread_json(pp.and_then(|r| Spread::of(&r.tps))),
         "gen_tokens_per_s": spread_json(tg.and_then(|r| Spread::of(&r.tps))),
         "peak_rss_mb": peak_rss.map(|x| round(x, 1)),

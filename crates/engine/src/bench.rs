@@ -138,16 +138,19 @@ impl<'m> Bencher<'m> {
         Ok(t0.elapsed())
     }
 
-    /// One untimed warm-up (llama-bench: the whole prompt, or one generated token), then `reps` timed runs.
-    pub fn run(&mut self, spec: TestSpec, reps: usize) -> Result<Vec<Duration>> {
-        let warm = match spec.kind {
-            TestKind::Prompt => spec,
-            TestKind::Gen => TestSpec {
-                n: spec.n.min(1),
-                ..spec
-            },
-        };
-        self.run_once(warm)?;
+    /// One untimed warm-up unless `warmup` is false (llama-bench: the whole prompt, or one generated
+    /// token), then `reps` timed runs.
+    pub fn run(&mut self, spec: TestSpec, reps: usize, warmup: bool) -> Result<Vec<Duration>> {
+        if warmup {
+            let warm = match spec.kind {
+                TestKind::Prompt => spec,
+                TestKind::Gen => TestSpec {
+                    n: spec.n.min(1),
+                    ..spec
+                },
+            };
+            self.run_once(warm)?;
+        }
         (0..reps).map(|_| self.run_once(spec)).collect()
     }
 }
