@@ -43,7 +43,7 @@ pub fn resolve_model(store: &ModelStore, spec: Option<&str>) -> Result<PathBuf> 
 }
 
 pub fn load_model(store: &ModelStore, spec: Option<&str>, flags: &GenFlags) -> Result<LoadedModel> {
-    flags.init_threads();
+    flags.init_threads()?;
     let path = resolve_model(store, spec)?;
     let opts = LoadOptions {
         tokenizer: flags.tokenizer.clone(),
@@ -273,7 +273,8 @@ pub struct PerplexityArgs {
     pub file: PathBuf,
     #[arg(long, short = 'c', default_value_t = 512)]
     pub ctx: usize,
-    #[arg(long, short = 't')]
+    /// Worker threads (default: all cores).
+    #[arg(long, short = 't', env = "BAIMO_THREADS")]
     pub threads: Option<usize>,
     /// Print a JSON report.
     #[arg(long)]
@@ -281,9 +282,7 @@ pub struct PerplexityArgs {
 }
 
 pub fn perplexity(store: &ModelStore, a: PerplexityArgs) -> Result<()> {
-    if let Some(n) = a.threads {
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    }
+    crate::threads::init(a.threads)?;
     let path = resolve_model(store, Some(&a.model))?;
     let m = baimo_engine::load(&path, &LoadOptions::default())?;
     let text = std::fs::read_to_string(&a.file)

@@ -1,9 +1,11 @@
 //! `baimo`: argument parsing and wiring only. Everything else lives in the library crates.
 
+mod bench;
 mod chat;
 mod commands;
 mod finetune;
 mod sampling;
+mod threads;
 
 use std::path::PathBuf;
 
@@ -35,6 +37,8 @@ enum Command {
     Perplexity(commands::PerplexityArgs),
     /// LoRA fine-tuning on your own chat data (JSONL); writes a PEFT adapter.
     Finetune(Box<finetune::FinetuneArgs>),
+    /// Prompt-processing and generation speed, peak memory and load time, as llama-bench measures them.
+    Bench(bench::BenchArgs),
     /// Download a model: a catalog name, or hf:REPO[/FILE].
     Pull(commands::PullArgs),
     /// List pulled models and the catalog.
@@ -59,6 +63,7 @@ fn main() {
         Command::Chat(a) => chat::chat(&store, a),
         Command::Perplexity(a) => commands::perplexity(&store, a),
         Command::Finetune(a) => finetune::finetune(&store, *a),
+        Command::Bench(a) => bench::bench(&store, a),
         Command::Pull(a) => commands::pull(&store, a),
         Command::List => commands::list(&store),
         Command::Rm(a) => commands::rm(&store, a),

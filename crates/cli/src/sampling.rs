@@ -83,10 +83,7 @@ impl GenFlags {
         self.ctx.unwrap_or_else(|| model_ctx.clamp(16, 4096))
     }
 
-    pub fn init_threads(&self) {
-        if let Some(n) = self.threads {
-            // candle's CPU ops and our kernels use rayon's global pool, sized from this variable on first use.
-            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-        }
+    pub fn init_threads(&self) -> anyhow::Result<usize> {
+        crate::threads::init(self.threads)
     }
 }

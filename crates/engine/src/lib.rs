@@ -2,6 +2,7 @@
 //! sampler, and measures perplexity. The CLI and (later) the server sit on top of it.
 
 mod blocks;
+pub mod bench;
 pub mod error;
 pub mod generate;
 pub mod loader;
