@@ -21,8 +21,8 @@ fn fixture() -> PathBuf {
 }
 
 fn load() -> Arc<LoadedModel> {
-    static MODEL: std::sync::OnceLock<Arc<LoadedModel>> = std::sync::OnceLock::new();
-    MODEL
+    static CACHE: std::sync::OnceLock<Arc<LoadedModel>> = std::sync::OnceLock::new();
+    CACHE
         .get_or_init(|| {
             Arc::new(
                 baimo_engine::load(&fixture(), &LoadOptions::default()).expect("fixture model"),
