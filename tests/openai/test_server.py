@@ -202,7 +202,8 @@ def test_content_parts_and_developer_role(client):
 def test_completions(client):
     r = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=8, temperature=0)
     assert r.id.startswith("cmpl-") and r.object == "text_completion"
-    assert r.choices[0].text == "\n" * 8 and r.choices[0].finish_reason == "length"
+    # Greedy on the fixture repeats one piece; 8 tokens, finish `length`.
+    assert len(set(r.choices[0].text)) == 1 and r.choices[0].finish_reason == "length"
     assert r.usage.completion_tokens == 8
     r = client.completions.create(model=MODEL, prompt=["ab", "cd"], n=2, max_tokens=5, temperature=1.0, seed=3)
     assert [c.index for c in r.choices] == [0, 1, 2, 3]
@@ -216,7 +217,7 @@ def test_completions(client):
 def test_completions_echo_logprobs(client):
     r = client.completions.create(model=MODEL, prompt="Hello", max_tokens=4, temperature=0, echo=True, logprobs=3)
     c = r.choices[0]
-    assert c.text == "Hello" + "\n" * 4
+    assert c.text.startswith("Hello") and len(c.text) > len("Hello")
     lp = c.logprobs
     n = r.usage.prompt_tokens + r.usage.completion_tokens
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == n
@@ -229,6 +230,7 @@ def test_completions_echo_logprobs(client):
     # The generated part equals the logprobs of the same request without echo.
     plain = client.completions.create(model=MODEL, prompt="Hello", max_tokens=4, temperature=0, logprobs=3)
     assert plain.choices[0].logprobs.tokens == lp.tokens[p:]
+    assert "Hello" + plain.choices[0].text == c.text
     assert plain.choices[0].logprobs.token_logprobs == pytest.approx(lp.token_logprobs[p:], abs=1e-5)
     # Streaming: the echo chunk first, then the same tokens.
     chunks = [ch for ch in client.completions.create(model=MODEL, prompt="Hello", max_tokens=4, temperature=0,
