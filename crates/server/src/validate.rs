@@ -224,12 +224,14 @@ fn message_content(content: Option<&Value>, role: &str, i: usize) -> ApiResult<S
                             ),
                         ))
                     }
-                    (None, _) => return Err(ApiError::param(
-                        &format!("messages[{i}].content[{j}]"),
-                        format!(
+                    (None, _) => {
+                        return Err(ApiError::param(
+                            &format!("messages[{i}].content[{j}]"),
+                            format!(
                             "messages[{i}].content[{j}] must be an object with `type` and `text`"
                         ),
-                    )),
+                        ))
+                    }
                 }
             }
             Ok(text)

@@ -291,7 +291,7 @@ async fn prompt_over_context_names_both_numbers() {
     let s = server_with(
         ServerConfig::default(),
         EngineConfig {
-            ctx: 32,
+            ctx: 64,
             ..EngineConfig::default()
         },
     );
@@ -305,7 +305,7 @@ async fn prompt_over_context_names_both_numbers() {
     let e = &r.json()["error"];
     assert_eq!(e["code"], "context_length_exceeded");
     let msg = e["message"].as_str().unwrap_or("");
-    assert!(msg.contains("32") && msg.contains("prompt has"), "{msg}");
+    assert!(msg.contains("64") && msg.contains("prompt has"), "{msg}");
     // A prompt that fits with max_tokens beyond the window ends with `length`.
     let r = post(
         &s,
@@ -316,7 +316,7 @@ async fn prompt_over_context_names_both_numbers() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let v = r.json();
     assert_eq!(v["choices"][0]["finish_reason"], "length");
-    assert_eq!(v["usage"]["total_tokens"], 32);
+    assert_eq!(v["usage"]["total_tokens"], 64);
 }
 
 #[tokio::test]
