@@ -6,6 +6,7 @@ mod commands;
 mod finetune;
 mod sampling;
 mod threads;
+mod serve;
 
 use std::path::PathBuf;
 
@@ -45,6 +46,8 @@ enum Command {
     List,
     /// Remove a pulled model.
     Rm(commands::RmArgs),
+    /// Serve models over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models).
+    Serve(serve::ServeArgs),
 }
 
 fn main() {
@@ -67,6 +70,7 @@ fn main() {
         Command::Pull(a) => commands::pull(&store, a),
         Command::List => commands::list(&store),
         Command::Rm(a) => commands::rm(&store, a),
+        Command::Serve(a) => serve::serve(&store, a),
     };
     if let Err(e) = result {
         eprintln!("error: {}", one_line(&e));
