@@ -12,6 +12,8 @@ if ! "$PY" -c 'import openai, pytest' 2>/dev/null; then
     echo "test_server.sh: $PY lacks openai or pytest (pip install openai pytest), or set BAIMO_PY" >&2
     exit 1
 fi
-cargo build -p baimo
+if [ -z "${BAIMO_BIN:-}" ]; then
+    cargo build -p baimo
+fi
 export BAIMO_BIN="${BAIMO_BIN:-$PWD/target/debug/baimo}"
 exec "$PY" -m pytest tests/openai -q "$@"

@@ -238,9 +238,9 @@ def test_completions_echo_logprobs(client):
     assert "".join(ch.choices[0].text for ch in chunks) == c.text
     streamed = [t for ch in chunks if ch.choices[0].logprobs for t in ch.choices[0].logprobs.tokens]
     assert streamed == lp.tokens
-    if all(x is None for x in lp.token_logprobs[:p]):
-        pytest.xfail("the engine sends no PromptLogprobs event yet (v0 scheduler): prompt logprobs are null")
-    assert all(x <= 0 for x in lp.token_logprobs[1:p])
+    # The first prompt token has no log-probability (nothing precedes it); every later one has.
+    assert lp.token_logprobs[0] is None
+    assert all(x is not None and x <= 0 for x in lp.token_logprobs[1:p])
 
 
 def test_models(client):

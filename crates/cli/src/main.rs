@@ -5,8 +5,8 @@ mod chat;
 mod commands;
 mod finetune;
 mod sampling;
-mod threads;
 mod serve;
+mod threads;
 
 use std::path::PathBuf;
 

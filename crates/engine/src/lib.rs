@@ -1,8 +1,8 @@
 //! The engine: loads a model with its tokenizer and chat template, generates with a KV cache and a
 //! sampler, and measures perplexity. The CLI and (later) the server sit on top of it.
 
-mod blocks;
 pub mod bench;
+mod blocks;
 pub mod error;
 pub mod generate;
 pub mod loader;

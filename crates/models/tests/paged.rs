@@ -74,13 +74,29 @@ fn paged_matches_contiguous() {
             got.extend(to_vec(&m.forward_paged(&[s], &mut pool).unwrap()[0]));
             pos += chunk.len();
         }
-        let range = want.iter().fold(0f32, |a, &x| a.max(x.abs()));
-        let err = want
-            .iter()
-            .zip(&got)
-            .fold(0f32, |a, (x, y)| a.max((x - y).abs()));
-        println!("{rel}: paged vs contiguous max|err| {err:.2e} (range {range:.2})");
-        assert!(err <= 1e-4 * range.max(1.0), "{rel}: {err}");
+        let range = want.iter().fold(0f32, |a, &x| a.max(x.abs())).max(1.0);
+        let vocab = m.config().vocab_size;
+        let row_err: Vec<f32> = want
+            .chunks(vocab)
+            .zip(got.chunks(vocab))
+            .map(|(w, g)| w.iter().zip(g).fold(0f32, |a, (x, y)| a.max((x - y).abs())))
+            .collect();
+        let worst = row_err.iter().fold(0f32, |a, &e| a.max(e));
+        let off = row_err.iter().filter(|&&e| e > 1e-4 * range).count();
+        println!(
+            "{rel}: paged vs contiguous max|err| {worst:.2e} (range {range:.2}), {off} of {} rows above 1e-4",
+            row_err.len()
+        );
+        // Float models: every row agrees to float noise. Quantized models quantize each activation row to
+        // int8, so float noise of 1e-7 (attention summed in another order) can flip one rounding and move a
+        // row by a quantization step: allow that on a few rows, bounded like the llama.cpp comparison.
+        let quantized = !rel.contains("F32") && !rel.contains("F16");
+        if quantized {
+            assert!(off <= 2, "{rel}: {off} rows differ");
+            assert!(worst <= 2e-2 * range, "{rel}: {worst}");
+        } else {
+            assert_eq!(off, 0, "{rel}: {worst}");
+        }
     }
 }
 
