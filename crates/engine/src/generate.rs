@@ -146,7 +146,9 @@ impl Session {
         let mut tokens = Vec::new();
         let mut finish = FinishReason::Length;
         let mut keep_going = true;
-        let mut out = if stepper.exhausted() {
+        // Prompt plus completion never exceed the context window: the token sampled from the last position
+        // would be token ctx + 1.
+        let mut out = if stepper.exhausted() || self.tokens.len() >= ctx {
             stepper.finish(FinishReason::Length)
         } else {
             stepper.step(&logits)
@@ -169,16 +171,16 @@ impl Session {
             let Some(last) = tokens.last().map(|t| t.id) else {
                 break;
             };
-            if self.tokens.len() >= ctx {
-                out = stepper.finish(FinishReason::Length);
-                continue;
-            }
             logits = model
                 .forward(&[last], &mut self.cache, Logits::Last)?
                 .flatten_all()?
                 .to_vec1::<f32>()?;
             self.tokens.push(last);
-            out = stepper.step(&logits);
+            out = if self.tokens.len() >= ctx {
+                stepper.finish(FinishReason::Length)
+            } else {
+                stepper.step(&logits)
+            };
         }
         Ok(Generation {
             text,

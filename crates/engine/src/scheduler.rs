@@ -375,7 +375,12 @@ impl<'m> Scheduler<'m> {
                 }
             }
             let Some(last) = rows.last() else { continue };
-            let mut out = seq.stepper.step(last);
+            // Prompt plus completion never exceed the context window (as in `Session::generate`).
+            let mut out = if seq.computed >= self.cfg.ctx {
+                seq.stepper.finish(FinishReason::Length)
+            } else {
+                seq.stepper.step(last)
+            };
             if let Some(token) = out.token.take() {
                 seq.tokens.push(token.id);
                 self.stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
@@ -384,15 +389,7 @@ impl<'m> Scheduler<'m> {
                     text: std::mem::take(&mut out.text),
                 });
             }
-            let finish = match out.finish {
-                Some(f) => Some((f, out.text)),
-                // The next token would not fit in the context window.
-                None if seq.computed >= self.cfg.ctx => {
-                    let o = seq.stepper.finish(FinishReason::Length);
-                    Some((o.finish.unwrap_or(FinishReason::Length), o.text))
-                }
-                None => None,
-            };
+            let finish = out.finish.map(|f| (f, out.text));
             if let Some((f, tail)) = finish {
                 if !tail.is_empty() {
                     seq.send(Event::Text(tail));

@@ -314,13 +314,20 @@ fn bad_requests_are_refused_at_submit() {
             .err(),
         Some(SubmitError::BadToken { .. })
     ));
-    // A prompt that fills the context: one token comes out, then the window is full.
+    // Prompt + completion stay within the window: 63 prompt tokens leave room for one, 64 for none.
+    let out = collect(
+        h.submit(req(vec![5; 63], opts(10, SamplingParams::greedy())))
+            .unwrap(),
+    );
+    let u = out.usage.unwrap();
+    assert_eq!(u.finish_reason, FinishReason::Length);
+    assert_eq!(u.completion_tokens, 1);
     let out = collect(
         h.submit(req(vec![5; 64], opts(10, SamplingParams::greedy())))
             .unwrap(),
     );
     let u = out.usage.unwrap();
     assert_eq!(u.finish_reason, FinishReason::Length);
-    assert_eq!(u.completion_tokens, 1);
+    assert_eq!(u.completion_tokens, 0);
     engine.shutdown();
 }
