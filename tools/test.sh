@@ -10,8 +10,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export BAIMO_TEST_MODELS_DIR="${BAIMO_TEST_MODELS_DIR:-$PWD/target/test-models}"
 mkdir -p "$BAIMO_TEST_MODELS_DIR"
+# One build for everything: the test build also produces the `baimo` binary (the CLI's tests run it), which
+# then pulls the models (a separate `cargo run -p baimo` would build the dependencies a second time with other
+# features).
+cargo test --workspace --no-run
+BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/baimo"
 for m in qwen2.5-coder-0.5b-instruct smollm2-135m-instruct; do
-  cargo run -q -p baimo -- --models-dir "$BAIMO_TEST_MODELS_DIR" pull "$m"
+  "$BIN" --models-dir "$BAIMO_TEST_MODELS_DIR" pull "$m"
 done
 status=0
 cargo test --workspace --no-fail-fast || status=$?
@@ -21,7 +26,7 @@ if ! "$PY" -c 'import openai, pytest' 2>/dev/null; then
   "$PY" -m pip install --quiet --disable-pip-version-check --target target/pydeps openai pytest
   export PYTHONPATH="$PWD/target/pydeps${PYTHONPATH:+:$PYTHONPATH}"
 fi
-BAIMO_PY="$PY" BAIMO_BIN="$PWD/target/debug/baimo" bash tools/test_server.sh || status=$?
+BAIMO_PY="$PY" BAIMO_BIN="$BIN" bash tools/test_server.sh || status=$?
 [ "$status" = 0 ] || { echo "tests failed" >&2; exit "$status"; }
 if [ "${BAIMO_SKIP_FUZZ:-0}" != 1 ]; then
   bash .ci/fuzz.sh
