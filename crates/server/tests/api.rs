@@ -413,7 +413,16 @@ async fn chat_shape_and_stream_equals_non_stream() {
         .sum();
     assert_eq!(n_lp, content.len());
     let usage = &chunks.last().expect("usage chunk")["usage"];
-    assert_eq!(usage, &v["usage"]);
+    for k in ["prompt_tokens", "completion_tokens", "total_tokens"] {
+        assert_eq!(usage[k], v["usage"][k], "{k}");
+    }
+    // The second request with the same prompt reuses the first one's full KV blocks.
+    let block = 16;
+    let prompt = v["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(
+        usage["prompt_tokens_details"]["cached_tokens"].as_u64(),
+        Some((prompt - 1) / block * block)
+    );
     assert_eq!(chunks.last().expect("usage")["choices"], json!([]));
     assert!(chunks
         .iter()
