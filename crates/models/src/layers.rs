@@ -51,6 +51,12 @@ fn tiled_matmul_t(x: &Tensor, w: &Tensor, invariant: bool) -> Result<Tensor> {
     if !invariant {
         return Ok(x.matmul(&wt)?);
     }
+    in_row_tiles(x, |tile| Ok(tile.matmul(&wt)?))
+}
+
+/// Applies `f` to `x` in tiles of [`INVARIANT_TILE`] rows (the last one zero-padded) and joins the results:
+/// every row then meets a kernel of one fixed shape, whatever the number of rows.
+fn in_row_tiles(x: &Tensor, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
     let rows = x.dim(0)?;
     let tiles = rows.div_ceil(INVARIANT_TILE);
     let pad = tiles * INVARIANT_TILE - rows;
@@ -63,12 +69,8 @@ fn tiled_matmul_t(x: &Tensor, w: &Tensor, invariant: bool) -> Result<Tensor> {
         )?
     };
     let parts = (0..tiles)
-        .map(|t| {
-            padded
-                .narrow(0, t * INVARIANT_TILE, INVARIANT_TILE)?
-                .matmul(&wt)
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()?;
+        .map(|t| f(&padded.narrow(0, t * INVARIANT_TILE, INVARIANT_TILE)?))
+        .collect::<Result<Vec<_>>>()?;
     Ok(Tensor::cat(&parts, 0)?.narrow(0, 0, rows)?)
 }
 
@@ -130,24 +132,7 @@ impl Linear {
 
     fn forward_mode(&self, x: &Tensor, invariant: bool) -> Result<Tensor> {
         let y = match &self.weight {
-            LinearWeight::Candle(w) if invariant => {
-                let rows = x.dim(0)?;
-                let tiles = rows.div_ceil(INVARIANT_TILE);
-                let padded = if rows % INVARIANT_TILE == 0 {
-                    x.clone()
-                } else {
-                    let pad = Tensor::zeros(
-                        (tiles * INVARIANT_TILE - rows, self.in_features),
-                        x.dtype(),
-                        x.device(),
-                    )?;
-                    Tensor::cat(&[x, &pad], 0)?
-                };
-                let parts = (0..tiles)
-                    .map(|t| w.forward(&padded.narrow(0, t * INVARIANT_TILE, INVARIANT_TILE)?))
-                    .collect::<std::result::Result<Vec<_>, _>>()?;
-                Tensor::cat(&parts, 0)?.narrow(0, 0, rows)?
-            }
+            LinearWeight::Candle(w) if invariant => in_row_tiles(x, |t| Ok(w.forward(t)?))?,
             LinearWeight::Candle(w) => w.forward(x)?,
             LinearWeight::Blocks { format, data } => {
                 let n = x.dim(0)?;
