@@ -3,7 +3,7 @@
 //! (what `Linear` used before). Not a test: speeds are printed, never asserted.
 //!
 //! `cargo run --release -p baimo-kernels --example matmul_speed [-- FORMAT...]` (RAYON_NUM_THREADS sets the
-//! thread count).
+//! thread count, `SPEED_M=1,8,512` the activation rows, `SPEED_SIMD_ONLY=1` skips scalar and candle).
 
 use std::time::{Duration, Instant};
 
@@ -75,12 +75,16 @@ fn main() {
         let q =
             qtensor_from_ggml(dtype, &w, vec![ROWS, COLS], &Device::Cpu).expect("candle tensor");
         let candle = QMatMul::from_qtensor(q).expect("QMatMul");
-        for m in [1usize, 512] {
+        let ms: Vec<usize> = std::env::var("SPEED_M")
+            .ok()
+            .map(|v| v.split(',').filter_map(|m| m.parse().ok()).collect())
+            .unwrap_or_else(|| vec![1, 512]);
+        for &m in &ms {
             let x: Vec<f32> = (0..m * COLS).map(|_| rng.gen_range(-1.0..1.0)).collect();
             let xt = Tensor::from_vec(x.clone(), (m, COLS), &Device::Cpu).expect("tensor");
             let flop = 2.0 * (m * ROWS * COLS) as f64;
             let budget = Duration::from_millis(if m == 1 { 300 } else { 1500 });
-            let mut g = |isa| {
+            let g = |isa| {
                 flop / time(budget, || {
                     quant_matmul_with(isa, format, &w, ROWS, COLS, &x).expect("matmul");
                 }) / 1e9

@@ -1,6 +1,6 @@
 //! AVX2 + FMA (+ F16C) tile kernels. Each computes exactly what its scalar reference in `kquant` / `q32`
-//! computes; the K-quant ones bit for bit (same integers, same f32 expression), the 32-element ones up to
-//! the order of the f32 sums (8 lanes, as ggml's AVX2 `ggml_vec_dot_q*_q8_*` accumulates them).
+//! computes, bit for bit: the same integers and the same f32 operations in the same order, so results do
+//! not depend on which kernel (scalar, AVX2, AVX-512 VNNI) a batch of a given size runs on.
 //!
 //! A weight block is unpacked to registers once per tile and multiplied with every activation row of the
 //! tile; each activation row has its own accumulators, so results do not depend on the tile's size.
@@ -27,16 +27,6 @@ unsafe fn hsum_i32(v: __m256i) -> i32 {
     let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
     let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
     _mm_cvtsi128_si32(s)
-}
-
-/// ggml's `hsum_float_8`.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn hsum_ps(x: __m256) -> f32 {
-    let r = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
-    let r = _mm_add_ps(r, _mm_movehl_ps(r, r));
-    let r = _mm_add_ss(r, _mm_movehdup_ps(r));
-    _mm_cvtss_f32(r)
 }
 
 #[inline]
@@ -238,81 +228,258 @@ unsafe fn bytes_from_bits_32(x: u32) -> __m256i {
 /// Low nibbles of 16 bytes in lanes 0..15, high nibbles in 16..31.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn nibbles(p: *const u8) -> __m256i {
+pub(crate) unsafe fn nibbles(p: *const u8) -> __m256i {
     let t = _mm_loadu_si128(p as *const __m128i);
     let m = _mm_set1_epi8(0x0F);
     _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(t, 4), m), _mm_and_si128(t, m))
 }
 
-/// One 32-element block: (d, m, quants): signed for the `_0` formats, unsigned for the `_1` ones.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn load_32(format: BlockFormat, b: &[u8]) -> (f32, f32, __m256i) {
-    let p = b.as_ptr();
-    let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+/// The 32-element formats as const-generic tags, so each kernel is compiled (and its block loads inlined)
+/// per format.
+pub(crate) const F_Q4_0: u8 = 0;
+pub(crate) const F_Q4_1: u8 = 1;
+pub(crate) const F_Q5_0: u8 = 2;
+pub(crate) const F_Q5_1: u8 = 3;
+pub(crate) const F_Q8_0: u8 = 4;
+
+pub(crate) fn tag(format: BlockFormat) -> u8 {
     match format {
-        BlockFormat::Q8_0 => (f16_at(b, 0), 0.0, load(p.add(2))),
-        BlockFormat::Q4_0 => (
-            f16_at(b, 0),
-            0.0,
-            _mm256_sub_epi8(nibbles(p.add(2)), _mm256_set1_epi8(8)),
-        ),
-        BlockFormat::Q4_1 => (f16_at(b, 0), f16_at(b, 2), nibbles(p.add(4))),
-        BlockFormat::Q5_0 => {
-            let hi = _mm256_andnot_si256(bytes_from_bits_32(u32_at(2)), _mm256_set1_epi8(-16));
-            (f16_at(b, 0), 0.0, _mm256_or_si256(nibbles(p.add(6)), hi))
-        }
-        BlockFormat::Q5_1 => {
-            let hi = _mm256_and_si256(bytes_from_bits_32(u32_at(4)), _mm256_set1_epi8(0x10));
-            (
-                f16_at(b, 0),
-                f16_at(b, 2),
-                _mm256_or_si256(nibbles(p.add(8)), hi),
-            )
-        }
-        _ => unreachable!("load_32 called for the K-quant {format:?}"),
+        BlockFormat::Q4_0 => F_Q4_0,
+        BlockFormat::Q4_1 => F_Q4_1,
+        BlockFormat::Q5_0 => F_Q5_0,
+        BlockFormat::Q5_1 => F_Q5_1,
+        BlockFormat::Q8_0 => F_Q8_0,
+        _ => unreachable!("a 32-element kernel called for the K-quant {format:?}"),
     }
 }
 
-/// 32-element-format weight row × activation rows `t0..t0+out.len()` (at most [`TILE`]).
+/// fp16 at `p` → f32.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16_ptr(p: *const u8) -> f32 {
+    let bits = std::ptr::read_unaligned(p as *const u16);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+/// One 32-element block at `p`: (d, m, quants): signed for the `_0` formats, unsigned for the `_1` ones.
 ///
 /// # Safety
-/// The CPU supports AVX2, FMA and F16C; `format` is a 32-element format and `wrow` one whole row of it.
+/// `p` points at one whole block of format `F`.
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn tile_32(format: BlockFormat, wrow: &[u8], acts: &Q8Acts, t0: usize, out: &mut [f32]) {
-    let nt = out.len().min(TILE);
-    let rows: [(&[f32], &[f32], &[i8]); TILE] = std::array::from_fn(|i| {
-        if i < nt {
-            acts.row(t0 + i)
-        } else {
-            (&[][..], &[][..], &[][..])
+unsafe fn load_32<const F: u8>(p: *const u8) -> (f32, f32, __m256i) {
+    let u32_at = |i: usize| std::ptr::read_unaligned(p.add(i) as *const u32);
+    match F {
+        F_Q8_0 => (f16_ptr(p), 0.0, load(p.add(2))),
+        F_Q4_0 => (
+            f16_ptr(p),
+            0.0,
+            _mm256_sub_epi8(nibbles(p.add(2)), _mm256_set1_epi8(8)),
+        ),
+        F_Q4_1 => (f16_ptr(p), f16_ptr(p.add(2)), nibbles(p.add(4))),
+        F_Q5_0 => {
+            let hi = _mm256_andnot_si256(bytes_from_bits_32(u32_at(2)), _mm256_set1_epi8(-16));
+            (f16_ptr(p), 0.0, _mm256_or_si256(nibbles(p.add(6)), hi))
         }
-    });
-    let bb = format.block_bytes();
-    let nb = wrow.len() / bb;
-    assert_eq!(rows[0].2.len(), nb * QK, "activation row length");
-    let mut acc = [_mm256_setzero_ps(); TILE];
-    let mut summs = [0f32; TILE];
+        _ => {
+            let hi = _mm256_and_si256(bytes_from_bits_32(u32_at(4)), _mm256_set1_epi8(0x10));
+            (
+                f16_ptr(p),
+                f16_ptr(p.add(2)),
+                _mm256_or_si256(nibbles(p.add(8)), hi),
+            )
+        }
+    }
+}
+
+/// Up to eight 32-element-format weight rows × one activation row `t`: `out[k] = wrows[k] · x[t]`.
+///
+/// Lanes are weight rows: per block, the eight rows' integer sums are reduced into one vector and each lane
+/// takes the scalar reference's f32 steps (`o += sumi·(d_w·d_x)`, then `o += m_w·s_x`) block after block.
+///
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C; `format` is a 32-element format, `wrows` holds 1..=8 whole rows of
+/// it and `out` as many values.
+pub unsafe fn rows_32(
+    format: BlockFormat,
+    wrows: &[&[u8]],
+    acts: &Q8Acts,
+    t: usize,
+    out: &mut [f32],
+) {
+    match tag(format) {
+        F_Q4_0 => rows_32_impl::<F_Q4_0>(wrows, acts, t, out),
+        F_Q4_1 => rows_32_impl::<F_Q4_1>(wrows, acts, t, out),
+        F_Q5_0 => rows_32_impl::<F_Q5_0>(wrows, acts, t, out),
+        F_Q5_1 => rows_32_impl::<F_Q5_1>(wrows, acts, t, out),
+        _ => rows_32_impl::<F_Q8_0>(wrows, acts, t, out),
+    }
+}
+
+/// What the eight-row kernels read: row pointers (a short group repeats its last row), block count and
+/// size, and activation row `t`'s (d, s, q).
+pub(crate) struct Rows8<'a> {
+    pub rows: [*const u8; 8],
+    pub nr: usize,
+    pub nb: usize,
+    pub bb: usize,
+    pub dx: &'a [f32],
+    pub sx: &'a [f32],
+    pub q: &'a [i8],
+}
+
+impl<'a> Rows8<'a> {
+    /// Panics unless `wrows` holds 1..=8 whole rows of format `F` as wide as activation row `t`.
+    pub fn new<const F: u8>(wrows: &[&[u8]], acts: &'a Q8Acts, t: usize) -> Rows8<'a> {
+        let nr = wrows.len().min(8);
+        assert!(nr > 0, "no weight rows");
+        let (dx, sx, q) = acts.row(t);
+        let bb = [18, 20, 22, 24, 34][F as usize];
+        let nb = wrows[0].len() / bb;
+        assert!(
+            q.len() == nb * QK && dx.len() == nb && sx.len() == nb,
+            "activation row length"
+        );
+        assert!(
+            wrows[..nr].iter().all(|r| r.len() == nb * bb),
+            "weight row length"
+        );
+        Rows8 {
+            rows: std::array::from_fn(|k| wrows[k.min(nr - 1)].as_ptr()),
+            nr,
+            nb,
+            bb,
+            dx,
+            sx,
+            q,
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows_32_impl<const F: u8>(wrows: &[&[u8]], acts: &Q8Acts, t: usize, out: &mut [f32]) {
+    let Rows8 {
+        rows,
+        nr,
+        nb,
+        bb,
+        dx,
+        sx,
+        q,
+    } = Rows8::new::<F>(wrows, acts, t);
     let ones = _mm256_set1_epi16(1);
-    let with_min = format.has_min();
+    let with_min = F == F_Q4_1 || F == F_Q5_1;
+    let mut o = _mm256_setzero_ps();
     for b in 0..nb {
-        let (d, m, w) = load_32(format, &wrow[b * bb..(b + 1) * bb]);
-        let aw = _mm256_sign_epi8(w, w);
-        for (i, &(dx, sx, q)) in rows[..nt].iter().enumerate() {
-            let x = load(q.as_ptr().add(b * QK) as *const u8);
+        let x = load(q.as_ptr().add(b * QK) as *const u8);
+        let mut v = [_mm256_setzero_si256(); 8];
+        let mut d = [0f32; 8];
+        let mut m = [0f32; 8];
+        for k in 0..8 {
+            // The rows stream from memory at decode and are short (a few hundred bytes): fetch the next
+            // group of eight rows at the same offset (a hint; never faults).
+            _mm_prefetch::<_MM_HINT_T0>(rows[k].wrapping_add((8 * nb + b) * bb) as *const i8);
+            let (dk, mk, w) = load_32::<F>(rows[k].add(b * bb));
             let p = if with_min {
                 _mm256_maddubs_epi16(w, x)
             } else {
-                _mm256_maddubs_epi16(aw, _mm256_sign_epi8(x, w))
+                _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
             };
-            let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
-            acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(d * dx[b]), s, acc[i]);
-            if with_min {
-                summs[i] += m * sx[b];
-            }
+            v[k] = _mm256_madd_epi16(p, ones);
+            d[k] = dk;
+            m[k] = mk;
+        }
+        // Lane k ← Σ v[k] (exact integers; the order of the additions does not matter).
+        let h0123 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+        let h4567 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+        let sumi = _mm256_add_epi32(
+            _mm256_permute2x128_si256(h0123, h4567, 0x20),
+            _mm256_permute2x128_si256(h0123, h4567, 0x31),
+        );
+        let dd = _mm256_mul_ps(
+            _mm256_loadu_ps(d.as_ptr()),
+            _mm256_set1_ps(*dx.get_unchecked(b)),
+        );
+        o = _mm256_add_ps(o, _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), dd));
+        if with_min {
+            let ms = _mm256_mul_ps(
+                _mm256_loadu_ps(m.as_ptr()),
+                _mm256_set1_ps(*sx.get_unchecked(b)),
+            );
+            o = _mm256_add_ps(o, ms);
         }
     }
-    for i in 0..nt {
-        out[i] = hsum_ps(acc[i]) + summs[i];
+    let mut all = [0f32; 8];
+    _mm256_storeu_ps(all.as_mut_ptr(), o);
+    out[..nr].copy_from_slice(&all[..nr]);
+}
+
+/// One 32-element block with its values made unsigned by adding `off` (wrapping, as u8): (d, m, bytes).
+///
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C; `format` is a 32-element format and `b` one whole block of it.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn unpack_32_bytes(
+    format: BlockFormat,
+    b: &[u8],
+    off: i32,
+    u: &mut [u8; QK],
+) -> (f32, f32) {
+    assert!(b.len() >= format.block_bytes());
+    let (d, m, w) = match tag(format) {
+        F_Q4_0 => load_32::<F_Q4_0>(b.as_ptr()),
+        F_Q4_1 => load_32::<F_Q4_1>(b.as_ptr()),
+        F_Q5_0 => load_32::<F_Q5_0>(b.as_ptr()),
+        F_Q5_1 => load_32::<F_Q5_1>(b.as_ptr()),
+        _ => load_32::<F_Q8_0>(b.as_ptr()),
+    };
+    let w = _mm256_add_epi8(w, _mm256_set1_epi8(off as u8 as i8));
+    _mm256_storeu_si256(u.as_mut_ptr() as *mut __m256i, w);
+    (d, m)
+}
+
+/// One K-quant super-block unpacked to the common form (as [`kquant::unpack_k`], which stays the reference):
+/// the 256 unsigned values go to `u`; returns (d, dmin, sc, m, off). Q4_K, Q5_K and Q6_K unpack in
+/// registers; Q2_K and Q3_K through the scalar code.
+///
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C; `format` is a K-quant and `b` one whole block of it.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn unpack_k_bytes(
+    format: BlockFormat,
+    b: &[u8],
+    u: &mut [u8; QK_K],
+) -> (f32, f32, [i16; 16], [i16; 16], i16) {
+    let (regs, sc, m, off) = match format {
+        BlockFormat::Q4K | BlockFormat::Q5K => {
+            let r = unpack_q45k(b, format == BlockFormat::Q5K);
+            let mut sc = [0i16; 16];
+            let mut m = [0i16; 16];
+            for j in 0..8 {
+                let (s, mm) = scale_min_k4(j, &b[4..16]);
+                sc[2 * j] = s as i16;
+                sc[2 * j + 1] = s as i16;
+                m[2 * j] = mm as i16;
+                m[2 * j + 1] = mm as i16;
+            }
+            (r, sc, m, 0)
+        }
+        BlockFormat::Q6K => {
+            let r = unpack_q6k(b);
+            let mut sc = [0i16; 16];
+            for (o, &s) in sc.iter_mut().zip(&b[192..208]) {
+                *o = s as i8 as i16;
+            }
+            (r, sc, [0; 16], 32)
+        }
+        _ => {
+            let k = kquant::unpack_k(format, b);
+            u.copy_from_slice(&k.u);
+            return (k.d, k.dmin, k.sc, k.m, k.off);
+        }
+    };
+    for (c, v) in regs.u.iter().enumerate() {
+        _mm256_storeu_si256(u.as_mut_ptr().add(32 * c) as *mut __m256i, *v);
     }
+    (regs.d, regs.dmin, sc, m, off)
 }

@@ -12,6 +12,8 @@ pub mod kquant;
 mod matmul;
 pub mod q32;
 pub mod q8;
+#[cfg(target_arch = "x86_64")]
+mod vnni;
 
 pub use format::{BlockFormat, KernelError, QK, QK_K};
 pub use matmul::{dequantize_row, quant_matmul, quant_matmul_with, Isa, TILE};

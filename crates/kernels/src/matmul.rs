@@ -22,18 +22,33 @@ pub enum Isa {
     Scalar,
     /// AVX2 + FMA (x86-64).
     Avx2,
+    /// AVX-512 with VNNI (x86-64): packed outer-product kernels ([`crate::vnni`]).
+    Avx512Vnni,
 }
 
 impl Isa {
     /// The best implementation this CPU runs; `BAIMO_KERNELS=scalar` forces the reference.
     pub fn detect() -> Isa {
-        if std::env::var("BAIMO_KERNELS").is_ok_and(|v| v == "scalar") {
+        let forced = std::env::var("BAIMO_KERNELS").ok();
+        if forced.as_deref() == Some("scalar") {
             return Isa::Scalar;
+        }
+        if forced.as_deref() != Some("avx2") && vnni_available() {
+            return Isa::Avx512Vnni;
         }
         if avx2_available() {
             return Isa::Avx2;
         }
         Isa::Scalar
+    }
+
+    /// Whether this CPU runs `isa` (a request for one it does not run falls back to the next best).
+    pub fn supported(isa: Isa) -> bool {
+        match isa {
+            Isa::Scalar => true,
+            Isa::Avx2 => avx2_available(),
+            Isa::Avx512Vnni => vnni_available(),
+        }
     }
 }
 
@@ -48,6 +63,31 @@ fn avx2_available() -> bool {
     {
         false
     }
+}
+
+fn vnni_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        crate::vnni::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Activation rows from which the packed VNNI kernels beat the direct AVX2 ones on `format` (measured with
+/// `examples/matmul_speed.rs`: the K-quants' AVX2 kernels reuse an unpacked block across eight rows, so they
+/// hold out longer; `BAIMO_VNNI_MIN_ROWS` overrides it for such measurements). Every kernel gives the same
+/// bits, so this choice never changes a result.
+fn vnni_min_rows(format: BlockFormat) -> usize {
+    static FORCED: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let forced = *FORCED.get_or_init(|| {
+        std::env::var("BAIMO_VNNI_MIN_ROWS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    });
+    forced.unwrap_or(if format.is_k() { 12 } else { 6 })
 }
 
 /// Quantized activations in the form the weight format pairs with.
@@ -77,13 +117,17 @@ pub fn quant_matmul_with(
     cols: usize,
     x: &[f32],
 ) -> Result<Vec<f32>, KernelError> {
+    let isa = match isa {
+        Isa::Avx512Vnni if !vnni_available() => Isa::Avx2,
+        other => other,
+    };
     let isa = if isa == Isa::Avx2 && !avx2_available() {
         Isa::Scalar
     } else {
         isa
     };
     let block = format.block_len();
-    if cols % block != 0 {
+    if !cols.is_multiple_of(block) {
         return Err(KernelError::RaggedRow {
             cols,
             block,
@@ -100,7 +144,7 @@ pub fn quant_matmul_with(
             format,
         });
     }
-    if cols == 0 || x.len() % cols != 0 {
+    if cols == 0 || !x.len().is_multiple_of(cols) {
         return Err(KernelError::ActivationSize { len: x.len(), cols });
     }
     let n = x.len() / cols;
@@ -110,8 +154,56 @@ pub fn quant_matmul_with(
         Acts::Q8(Q8Acts::quantize(x, cols))
     };
     let mut out = vec![0f32; n * rows];
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni && n >= vnni_min_rows(format) {
+        match &acts {
+            Acts::Q8K(a) => crate::vnni::matmul_k(format, w, rows, row_bytes, a, &mut out),
+            Acts::Q8(a) => crate::vnni::matmul_32(format, w, rows, row_bytes, a, &mut out),
+        }
+        return Ok(out);
+    }
+    // Few activation rows do not pay for packing the weights: the direct kernels (same results) run them.
+    let direct_vnni = isa == Isa::Avx512Vnni;
+    let isa = if direct_vnni { Isa::Avx2 } else { isa };
     let chunk = chunk_rows(rows, n);
     let dst = SendPtr(out.as_mut_ptr());
+    #[cfg(target_arch = "x86_64")]
+    if let (Isa::Avx2, Acts::Q8(a)) = (isa, &acts) {
+        // Eight weight rows per kernel call, one activation row at a time.
+        let isum = if direct_vnni {
+            crate::vnni::block_sums(a)
+        } else {
+            Vec::new()
+        };
+        let nb = cols / block;
+        let chunk = chunk.next_multiple_of(8);
+        w.par_chunks(chunk * row_bytes)
+            .enumerate()
+            .for_each(|(ci, wchunk)| {
+                let r0 = ci * chunk;
+                let wrows: Vec<&[u8]> = wchunk.chunks_exact(row_bytes).collect();
+                let mut buf = [0f32; 8];
+                for (g, group) in wrows.chunks(8).enumerate() {
+                    for t in 0..n {
+                        // SAFETY: the kernel's CPU features were detected; `group` holds 1..=8 whole rows;
+                        // `isum` has the row's block sums when the VNNI kernel runs.
+                        unsafe {
+                            if direct_vnni {
+                                let is = &isum[t * nb..(t + 1) * nb];
+                                crate::vnni::rows_32(format, group, a, is, t, &mut buf)
+                            } else {
+                                crate::avx2::rows_32(format, group, a, t, &mut buf)
+                            }
+                        };
+                        for (k, v) in buf[..group.len()].iter().enumerate() {
+                            // SAFETY: as below; rows r0+8g+k of this chunk are written by this task only.
+                            unsafe { dst.write(t * rows + r0 + 8 * g + k, *v) };
+                        }
+                    }
+                }
+            });
+        return Ok(out);
+    }
     w.par_chunks(chunk * row_bytes)
         .enumerate()
         .for_each(|(ci, wchunk)| {
@@ -158,8 +250,6 @@ fn tile(isa: Isa, format: BlockFormat, wrow: &[u8], acts: &Acts, t0: usize, out:
     match (isa, acts) {
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx2, Acts::Q8K(a)) => unsafe { crate::avx2::tile_k(format, wrow, a, t0, out) },
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, Acts::Q8(a)) => unsafe { crate::avx2::tile_32(format, wrow, a, t0, out) },
         (_, Acts::Q8K(a)) => kquant::tile_scalar(format, wrow, a, t0, out),
         (_, Acts::Q8(a)) => q32::tile_scalar(format, wrow, a, t0, out),
     }

@@ -153,16 +153,45 @@ fn float_gguf_matches_transformers() {
     );
 }
 
-/// Tolerance against llama.cpp's logits on the same quantized file, as a fraction of the logit range.
+/// Tolerances against llama.cpp's logits on the same quantized file, as fractions of the logit range.
 ///
 /// Both engines quantize activations per block exactly alike (`baimo-kernels` copies ggml's x86 rounding: Q8_0 /
 /// Q8_1 for the 32-element formats, Q8_K with `iscale = -127/max` for the K-quants) and sum exact integer dot
-/// products, so only f32 summation order differs: the 32-element formats agree bit for bit, the K-quants to
-/// ~2e-7 of the range. The test prints both engines' distance to the float32 model (the quantization error
-/// itself, 1e-1 to 4e-1 of the range), five orders of magnitude above the gap. 1e-5 leaves room for a
-/// summation-order difference to flip one int8 rounding step and still fails any layout or rounding bug.
-fn quant_tolerance(_ty: &str) -> f32 {
-    1e-5
+/// products, so only f32 summation order differs, which leaves the logits ~1e-7 of the range apart. The test
+/// prints both engines' distance to the float32 model (the quantization error itself, 1e-1 to 4e-1 of the
+/// range). Rarely, that 1e-7 difference lands an activation exactly on a rounding boundary and the two
+/// engines quantize it one int8 step apart: that prompt's logits then differ by ~1e-3 of the range (seen on
+/// about one prompt in ten, depending on the CPU's float paths). So a file passes when every prompt is within
+/// [`QUANT_FLIP_TOL`] (still 20× under the quantization error, which any layout or rounding bug reaches) and
+/// all but one are within [`QUANT_TOL`].
+const QUANT_TOL: f32 = 1e-5;
+const QUANT_FLIP_TOL: f32 = 5e-3;
+
+fn check_quantized(label: &str, model: &Transformer, m: &Value, refs: &Value) {
+    let files = refs
+        .as_array()
+        .unwrap_or_else(|| panic!("{label}: reference list"));
+    let mut loose = 0;
+    for (i, (tokens, f)) in prompts(m).iter().zip(files).enumerate() {
+        let reference = read_f32(f.as_str().expect("path"));
+        let ours = run_all(model, tokens, i % 2 == 1);
+        let e = rel_err(&ours, &reference);
+        println!(
+            "{label} prompt {i} ({} tokens): max |err| / range = {e:.2e} (tolerance {QUANT_TOL:.0e})",
+            tokens.len()
+        );
+        assert!(
+            e <= QUANT_FLIP_TOL,
+            "{label} prompt {i}: error {e:.3e} over {QUANT_FLIP_TOL:.0e}, more than a rounding flip"
+        );
+        if e > QUANT_TOL {
+            loose += 1;
+        }
+    }
+    assert!(
+        loose <= 1,
+        "{label}: {loose} prompts over {QUANT_TOL:.0e} (one rounding flip is tolerated, not a pattern)"
+    );
 }
 
 /// Quantized files are compared with llama.cpp on the same file.
@@ -197,12 +226,11 @@ fn quantized_gguf_matches_llama_cpp() {
                     );
                 }
             }
-            check(
+            check_quantized(
                 &format!("{} GGUF {ty} vs llama.cpp", m["name"]),
                 &model,
                 m,
                 refs,
-                quant_tolerance(ty),
             );
             seen.insert(ty.clone());
         }

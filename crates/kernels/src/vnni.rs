@@ -1,0 +1,515 @@
+//! AVX-512 VNNI kernels: weight rows packed sixteen at a time so that one `vpdpbusd` multiplies four
+//! consecutive weights of sixteen rows by the same four activation bytes (broadcast), an outer-product
+//! micro-kernel in the manner of a GEMM. Each zmm lane is one output value, and each lane's arithmetic is
+//! exactly the scalar reference's for that value (same integers, the same f32 operations in the same order),
+//! so these kernels agree with [`crate::kquant`] / [`crate::q32`] bit for bit, and so with every other
+//! kernel that does (which is what keeps served batches invariant when the kernel depends on the batch size).
+//!
+//! Packing: a group of sixteen weight rows is unpacked once per call into unsigned bytes laid out
+//! `[4-value group][row][4 bytes]` plus per-row scales, and every activation row is then multiplied with it,
+//! [`MT`] rows at a time. Unsigned weights are what `vpdpbusd` wants (u8 × i8); formats whose values are
+//! signed are stored with an offset `off` and corrected with the activation sums, exactly in integers.
+
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use crate::format::{BlockFormat, QK, QK_K};
+use crate::q8::{Q8Acts, Q8KActs};
+
+/// Weight rows per packed panel (the zmm lanes).
+pub const LANES: usize = 16;
+/// Activation rows per register tile.
+pub const MT: usize = 4;
+
+/// Whether this CPU runs these kernels.
+pub fn available() -> bool {
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vnni")
+        && is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+}
+
+/// Sixteen weight rows of one format, unpacked for the micro-kernels. Lanes past the real rows are zero.
+#[derive(Default)]
+struct Panel {
+    /// `[block][4-value group][lane]` as little-endian u32 (four unsigned weights).
+    u: Vec<u32>,
+    /// K-quants: `[block][scale group][lane]` integer scales; 32-formats: unused.
+    sc: Vec<i32>,
+    /// K-quants: `[block][pair of 16-groups][lane]` the (m, m) i16 pairs, then the (sc, sc) pairs.
+    mpair: Vec<u32>,
+    scpair: Vec<u32>,
+    /// `[block][lane]`: K-quants `d`, `dmin`; 32-formats `d`, `m`.
+    d: Vec<f32>,
+    dmin: Vec<f32>,
+}
+
+impl Panel {
+    /// Sizes the buffers; `zero` clears them (needed when fewer than [`LANES`] rows fill the panel,
+    /// otherwise every entry is overwritten).
+    fn reset(&mut self, nb: usize, groups: usize, scale_groups: usize, zero: bool) {
+        fn size<T: Copy + Default>(v: &mut Vec<T>, n: usize, zero: bool) {
+            if zero {
+                v.clear();
+            }
+            v.resize(n, T::default());
+        }
+        size(&mut self.u, nb * groups * LANES, zero);
+        size(&mut self.mpair, nb * 8 * LANES, zero);
+        size(&mut self.scpair, nb * 8 * LANES, zero);
+        size(&mut self.sc, nb * scale_groups * LANES, zero);
+        size(&mut self.d, nb * LANES, zero);
+        size(&mut self.dmin, nb * LANES, zero);
+    }
+}
+
+thread_local! {
+    static PANEL: RefCell<Panel> = RefCell::new(Panel::default());
+}
+
+/// Values per integer scale in the packed K-quant form: Q4_K/Q5_K share one scale per 32 values.
+fn k_scale_group(format: BlockFormat) -> usize {
+    match format {
+        BlockFormat::Q4K | BlockFormat::Q5K => 32,
+        _ => 16,
+    }
+}
+
+/// The offset added to make a 32-format's weights unsigned.
+fn q32_offset(format: BlockFormat) -> i32 {
+    match format {
+        BlockFormat::Q4_0 => 8,
+        BlockFormat::Q5_0 => 16,
+        BlockFormat::Q8_0 => 128,
+        _ => 0,
+    }
+}
+
+fn pack_k(format: BlockFormat, rows: &[&[u8]], p: &mut Panel) -> i32 {
+    let bb = format.block_bytes();
+    let nb = rows[0].len() / bb;
+    let gs = k_scale_group(format);
+    let ng = QK_K / gs;
+    p.reset(nb, QK_K / 4, ng, rows.len() < LANES);
+    let mut off = 0;
+    let mut u = [0u8; QK_K];
+    // Block-major, so the panel slice being written (one block of sixteen rows) stays in L1.
+    for b in 0..nb {
+        for (r, row) in rows.iter().enumerate() {
+            let blk = &row[b * bb..(b + 1) * bb];
+            // SAFETY: `available()` implies AVX2, FMA and F16C; `blk` is one whole block.
+            let (d, dmin, sc, m, o) = unsafe { crate::avx2::unpack_k_bytes(format, blk, &mut u) };
+            off = o as i32;
+            let pu = &mut p.u[b * (QK_K / 4) * LANES..(b + 1) * (QK_K / 4) * LANES];
+            for (g, c) in u.chunks_exact(4).enumerate() {
+                pu[g * LANES + r] = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+            for g in 0..ng {
+                p.sc[(b * ng + g) * LANES + r] = sc[g * gs / 16] as i32;
+            }
+            let pair = |a: i16, b: i16| (a as u16 as u32) | ((b as u16 as u32) << 16);
+            for q in 0..8 {
+                p.mpair[(b * 8 + q) * LANES + r] = pair(m[2 * q], m[2 * q + 1]);
+                p.scpair[(b * 8 + q) * LANES + r] = pair(sc[2 * q], sc[2 * q + 1]);
+            }
+            p.d[b * LANES + r] = d;
+            p.dmin[b * LANES + r] = dmin;
+        }
+    }
+    off
+}
+
+fn pack_32(format: BlockFormat, rows: &[&[u8]], p: &mut Panel) {
+    let bb = format.block_bytes();
+    let nb = rows[0].len() / bb;
+    let off = q32_offset(format);
+    p.reset(nb, QK / 4, 0, rows.len() < LANES);
+    let mut u = [0u8; QK];
+    for b in 0..nb {
+        for (r, row) in rows.iter().enumerate() {
+            let blk = &row[b * bb..(b + 1) * bb];
+            // SAFETY: as in `pack_k`.
+            let (d, m) = unsafe { crate::avx2::unpack_32_bytes(format, blk, off, &mut u) };
+            let pu = &mut p.u[b * (QK / 4) * LANES..(b + 1) * (QK / 4) * LANES];
+            for (g, c) in u.chunks_exact(4).enumerate() {
+                pu[g * LANES + r] = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+            p.d[b * LANES + r] = d;
+            p.dmin[b * LANES + r] = m;
+        }
+    }
+}
+
+/// Σq of every activation block (all rows), for the offset corrections (exact integers).
+pub fn block_sums(acts: &Q8Acts) -> Vec<i32> {
+    acts.q
+        .chunks_exact(QK)
+        .map(|b| b.iter().map(|&v| v as i32).sum())
+        .collect()
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Panel `g`'s first row, row count and rows.
+fn panel_rows(w: &[u8], rows: usize, row_bytes: usize, g: usize) -> (usize, usize, Vec<&[u8]>) {
+    let r0 = g * LANES;
+    let lanes = LANES.min(rows - r0);
+    let wrows = (r0..r0 + lanes)
+        .map(|r| &w[r * row_bytes..(r + 1) * row_bytes])
+        .collect();
+    (r0, lanes, wrows)
+}
+
+/// `out[t][r] = W[r] · x[t]` for K-quant weights `w` (`rows` rows of `row_bytes`) and Q8_K activations.
+pub fn matmul_k(
+    format: BlockFormat,
+    w: &[u8],
+    rows: usize,
+    row_bytes: usize,
+    acts: &Q8KActs,
+    out: &mut [f32],
+) {
+    let n = acts.q.len() / acts.cols.max(1);
+    let dst = SendPtr(out.as_mut_ptr());
+    (0..rows.div_ceil(LANES)).into_par_iter().for_each(|g| {
+        let (r0, lanes, wrows) = panel_rows(w, rows, row_bytes, g);
+        PANEL.with(|cell| {
+            let mut p = cell.borrow_mut();
+            let off = pack_k(format, &wrows, &mut p);
+            let gs = k_scale_group(format);
+            let mut t0 = 0;
+            while t0 < n {
+                let mt = MT.min(n - t0);
+                // SAFETY: `available()` was checked by the caller; the panel matches the activations' width;
+                // lanes r0..r0+lanes of rows t0..t0+mt are written by this task only.
+                unsafe {
+                    let o = dst.get().add(t0 * rows + r0);
+                    match mt {
+                        4 => tile_k::<4>(&p, acts, t0, off, gs, o, rows, lanes),
+                        3 => tile_k::<3>(&p, acts, t0, off, gs, o, rows, lanes),
+                        2 => tile_k::<2>(&p, acts, t0, off, gs, o, rows, lanes),
+                        _ => tile_k::<1>(&p, acts, t0, off, gs, o, rows, lanes),
+                    }
+                }
+                t0 += mt;
+            }
+        });
+    });
+}
+
+/// `out[t][r] = W[r] · x[t]` for 32-element-format weights and Q8_0/Q8_1 activations.
+pub fn matmul_32(
+    format: BlockFormat,
+    w: &[u8],
+    rows: usize,
+    row_bytes: usize,
+    acts: &Q8Acts,
+    out: &mut [f32],
+) {
+    let n = acts.q.len() / acts.cols.max(1);
+    let off = q32_offset(format);
+    let nb = acts.cols / QK;
+    let isum = if off != 0 {
+        block_sums(acts)
+    } else {
+        Vec::new()
+    };
+    let with_min = format.has_min();
+    let dst = SendPtr(out.as_mut_ptr());
+    (0..rows.div_ceil(LANES)).into_par_iter().for_each(|g| {
+        let (r0, lanes, wrows) = panel_rows(w, rows, row_bytes, g);
+        PANEL.with(|cell| {
+            let mut p = cell.borrow_mut();
+            pack_32(format, &wrows, &mut p);
+            let mut t0 = 0;
+            while t0 < n {
+                let mt = MT.min(n - t0);
+                let is = if off != 0 { &isum[t0 * nb..] } else { &[][..] };
+                // SAFETY: as in `matmul_k`.
+                unsafe {
+                    let o = dst.get().add(t0 * rows + r0);
+                    match mt {
+                        4 => tile_32::<4>(&p, acts, t0, off, with_min, is, o, rows, lanes),
+                        3 => tile_32::<3>(&p, acts, t0, off, with_min, is, o, rows, lanes),
+                        2 => tile_32::<2>(&p, acts, t0, off, with_min, is, o, rows, lanes),
+                        _ => tile_32::<1>(&p, acts, t0, off, with_min, is, o, rows, lanes),
+                    }
+                }
+                t0 += mt;
+            }
+        });
+    });
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn loadu(p: *const u32) -> __m512i {
+    _mm512_loadu_si512(p as *const _)
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn bcast4(p: *const i8) -> __m512i {
+    _mm512_set1_epi32(std::ptr::read_unaligned(p as *const i32))
+}
+
+/// Writes lanes `0..lanes` of `v` to `o`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn store(o: *mut f32, v: __m512, lanes: usize) {
+    if lanes == LANES {
+        _mm512_storeu_ps(o, v);
+    } else {
+        _mm512_mask_storeu_ps(o, ((1u32 << lanes) - 1) as __mmask16, v);
+    }
+}
+
+/// K-quant panel × activation rows `t0..t0+M`: per lane, per super-block,
+/// `sumi = Σ_g sc[g]·(Σ u·q) − off·Σ_g sc[g]·bsums[g]`, `summ = Σ_g m[g]·bsums[g]`, then [`kquant::combine`].
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn tile_k<const M: usize>(
+    p: &Panel,
+    acts: &Q8KActs,
+    t0: usize,
+    off: i32,
+    gs: usize,
+    out: *mut f32,
+    stride: usize,
+    lanes: usize,
+) {
+    let rows: [(&[f32], &[i8], &[i16]); M] = std::array::from_fn(|i| acts.row(t0 + i));
+    let nb = rows[0].0.len();
+    let ng = QK_K / gs;
+    let per_group = gs / 4;
+    let mut sums = [_mm512_setzero_ps(); M];
+    let offv = _mm512_set1_epi32(off);
+    for b in 0..nb {
+        let up = p.u.as_ptr().add(b * (QK_K / 4) * LANES);
+        let mut sumi = [_mm512_setzero_si512(); M];
+        for g in 0..ng {
+            let mut tmp = [_mm512_setzero_si512(); M];
+            let mut tmp2 = [_mm512_setzero_si512(); M];
+            for j in (0..per_group).step_by(2) {
+                let w = loadu(up.add((g * per_group + j) * LANES));
+                let w2 = loadu(up.add((g * per_group + j + 1) * LANES));
+                for t in 0..M {
+                    let q = rows[t].1.as_ptr().add(b * QK_K + 4 * (g * per_group + j));
+                    tmp[t] = _mm512_dpbusd_epi32(tmp[t], w, bcast4(q));
+                    tmp2[t] = _mm512_dpbusd_epi32(tmp2[t], w2, bcast4(q.add(4)));
+                }
+            }
+            for t in 0..M {
+                tmp[t] = _mm512_add_epi32(tmp[t], tmp2[t]);
+            }
+            let sc = _mm512_loadu_si512(p.sc.as_ptr().add((b * ng + g) * LANES) as *const _);
+            for t in 0..M {
+                sumi[t] = _mm512_add_epi32(sumi[t], _mm512_mullo_epi32(tmp[t], sc));
+            }
+        }
+        let mut summ = [_mm512_setzero_si512(); M];
+        let mut osum = [_mm512_setzero_si512(); M];
+        for q in 0..8 {
+            let mp = loadu(p.mpair.as_ptr().add((b * 8 + q) * LANES));
+            let sp = loadu(p.scpair.as_ptr().add((b * 8 + q) * LANES));
+            for t in 0..M {
+                let bs = rows[t].2.as_ptr().add(b * 16 + 2 * q) as *const i8;
+                let bsv = bcast4(bs);
+                summ[t] = _mm512_dpwssd_epi32(summ[t], mp, bsv);
+                if off != 0 {
+                    osum[t] = _mm512_dpwssd_epi32(osum[t], sp, bsv);
+                }
+            }
+        }
+        let d = _mm512_loadu_ps(p.d.as_ptr().add(b * LANES));
+        let dmin = _mm512_loadu_ps(p.dmin.as_ptr().add(b * LANES));
+        for t in 0..M {
+            let si = if off != 0 {
+                _mm512_sub_epi32(sumi[t], _mm512_mullo_epi32(osum[t], offv))
+            } else {
+                sumi[t]
+            };
+            let dx = _mm512_set1_ps(rows[t].0[b]);
+            // combine: sum + ((d·dx)·sumi − (dmin·dx)·summ), unfused like the scalar expression.
+            let a = _mm512_mul_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(si));
+            let c = _mm512_mul_ps(_mm512_mul_ps(dmin, dx), _mm512_cvtepi32_ps(summ[t]));
+            sums[t] = _mm512_add_ps(sums[t], _mm512_sub_ps(a, c));
+        }
+    }
+    for (t, s) in sums.iter().enumerate() {
+        store(out.add(t * stride), *s, lanes);
+    }
+}
+
+/// 32-format panel × activation rows `t0..t0+M`: per lane, per block,
+/// `o += (Σ u·q − off·Σq) · (d_w·d_x)`, then `o += m_w·s_x` for the formats with a minimum.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn tile_32<const M: usize>(
+    p: &Panel,
+    acts: &Q8Acts,
+    t0: usize,
+    off: i32,
+    with_min: bool,
+    isum: &[i32],
+    out: *mut f32,
+    stride: usize,
+    lanes: usize,
+) {
+    let rows: [(&[f32], &[f32], &[i8]); M] = std::array::from_fn(|i| acts.row(t0 + i));
+    let nb = rows[0].0.len();
+    let mut sums = [_mm512_setzero_ps(); M];
+    for b in 0..nb {
+        let up = p.u.as_ptr().add(b * (QK / 4) * LANES);
+        // Two accumulators per row halve the dependency chain of `vpdpbusd`s (exact integers either way).
+        let mut tmp = [_mm512_setzero_si512(); M];
+        let mut tmp2 = [_mm512_setzero_si512(); M];
+        for j in (0..QK / 4).step_by(2) {
+            let w = loadu(up.add(j * LANES));
+            let w2 = loadu(up.add((j + 1) * LANES));
+            for t in 0..M {
+                let q = rows[t].2.as_ptr().add(b * QK + 4 * j);
+                tmp[t] = _mm512_dpbusd_epi32(tmp[t], w, bcast4(q));
+                tmp2[t] = _mm512_dpbusd_epi32(tmp2[t], w2, bcast4(q.add(4)));
+            }
+        }
+        for t in 0..M {
+            tmp[t] = _mm512_add_epi32(tmp[t], tmp2[t]);
+        }
+        let d = _mm512_loadu_ps(p.d.as_ptr().add(b * LANES));
+        let m = _mm512_loadu_ps(p.dmin.as_ptr().add(b * LANES));
+        for t in 0..M {
+            let si = if off != 0 {
+                _mm512_sub_epi32(tmp[t], _mm512_set1_epi32(off * isum[t * nb + b]))
+            } else {
+                tmp[t]
+            };
+            let dd = _mm512_mul_ps(d, _mm512_set1_ps(rows[t].0[b]));
+            sums[t] = _mm512_add_ps(sums[t], _mm512_mul_ps(_mm512_cvtepi32_ps(si), dd));
+            if with_min {
+                sums[t] = _mm512_add_ps(sums[t], _mm512_mul_ps(m, _mm512_set1_ps(rows[t].1[b])));
+            }
+        }
+    }
+    for (t, s) in sums.iter().enumerate() {
+        store(out.add(t * stride), *s, lanes);
+    }
+}
+
+/// Up to eight 32-element-format weight rows × one activation row `t`, straight from the file's layout (no
+/// packing: what decode wants): [`crate::avx2::rows_32`]'s structure with `vpdpbusd` on the unsigned weights
+/// (`u = q + off`, corrected by `off·Σx` per block, exact integers) and the 5th bits of Q5 set through a mask
+/// register. Bit for bit the scalar reference's results.
+///
+/// # Safety
+/// [`available`]; `wrows` holds 1..=8 whole rows of `format` (a 32-element format), `isum` the activation
+/// row's per-block sums of quants, `out` as many values as rows.
+pub unsafe fn rows_32(
+    format: BlockFormat,
+    wrows: &[&[u8]],
+    acts: &Q8Acts,
+    isum: &[i32],
+    t: usize,
+    out: &mut [f32],
+) {
+    use crate::avx2::{tag, F_Q4_0, F_Q4_1, F_Q5_0, F_Q5_1, F_Q8_0};
+    match tag(format) {
+        F_Q4_0 => rows_32_impl::<F_Q4_0>(wrows, acts, isum, t, out),
+        F_Q4_1 => rows_32_impl::<F_Q4_1>(wrows, acts, isum, t, out),
+        F_Q5_0 => rows_32_impl::<F_Q5_0>(wrows, acts, isum, t, out),
+        F_Q5_1 => rows_32_impl::<F_Q5_1>(wrows, acts, isum, t, out),
+        _ => rows_32_impl::<F_Q8_0>(wrows, acts, isum, t, out),
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn rows_32_impl<const F: u8>(
+    wrows: &[&[u8]],
+    acts: &Q8Acts,
+    isum: &[i32],
+    t: usize,
+    out: &mut [f32],
+) {
+    use crate::avx2::{nibbles, Rows8, F_Q4_0, F_Q4_1, F_Q5_0, F_Q5_1};
+    let Rows8 {
+        rows,
+        nr,
+        nb,
+        bb,
+        dx,
+        sx,
+        q,
+    } = Rows8::new::<F>(wrows, acts, t);
+    let off: i32 = match F {
+        F_Q4_0 => 8,
+        F_Q5_0 => 16,
+        _ => 0,
+    };
+    assert!(off == 0 || isum.len() == nb, "activation sums");
+    let with_min = F == F_Q4_1 || F == F_Q5_1;
+    let sixteen = _mm256_set1_epi8(16);
+    let mut o = _mm256_setzero_ps();
+    for b in 0..nb {
+        let x = _mm256_loadu_si256(q.as_ptr().add(b * QK) as *const __m256i);
+        let mut v = [_mm256_setzero_si256(); 8];
+        let mut dbits = [0u16; 8];
+        let mut mbits = [0u16; 8];
+        for k in 0..8 {
+            let p = rows[k].add(b * bb);
+            // Next group of eight rows, same offset (see `avx2::rows_32`).
+            _mm_prefetch::<_MM_HINT_T0>(rows[k].wrapping_add((8 * nb + b) * bb) as *const i8);
+            dbits[k] = std::ptr::read_unaligned(p as *const u16);
+            if with_min {
+                mbits[k] = std::ptr::read_unaligned(p.add(2) as *const u16);
+            }
+            let high = |at: usize, qs: usize| {
+                let bits = std::ptr::read_unaligned(p.add(at) as *const u32);
+                let n = nibbles(p.add(qs));
+                _mm256_mask_add_epi8(n, bits, n, sixteen)
+            };
+            v[k] = match F {
+                F_Q4_0 => _mm256_dpbusd_epi32(_mm256_setzero_si256(), nibbles(p.add(2)), x),
+                F_Q4_1 => _mm256_dpbusd_epi32(_mm256_setzero_si256(), nibbles(p.add(4)), x),
+                F_Q5_0 => _mm256_dpbusd_epi32(_mm256_setzero_si256(), high(2, 6), x),
+                F_Q5_1 => _mm256_dpbusd_epi32(_mm256_setzero_si256(), high(4, 8), x),
+                _ => {
+                    let w = _mm256_loadu_si256(p.add(2) as *const __m256i);
+                    let aw = _mm256_abs_epi8(w);
+                    _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, _mm256_sign_epi8(x, w))
+                }
+            };
+        }
+        // Lane k ← Σ v[k] (exact integers; the order of the additions does not matter).
+        let h0123 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+        let h4567 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+        let mut sumi = _mm256_add_epi32(
+            _mm256_permute2x128_si256(h0123, h4567, 0x20),
+            _mm256_permute2x128_si256(h0123, h4567, 0x31),
+        );
+        if off != 0 {
+            sumi = _mm256_sub_epi32(sumi, _mm256_set1_epi32(off * *isum.get_unchecked(b)));
+        }
+        let d = _mm256_cvtph_ps(_mm_loadu_si128(dbits.as_ptr() as *const __m128i));
+        let dd = _mm256_mul_ps(d, _mm256_set1_ps(*dx.get_unchecked(b)));
+        o = _mm256_add_ps(o, _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), dd));
+        if with_min {
+            let m = _mm256_cvtph_ps(_mm_loadu_si128(mbits.as_ptr() as *const __m128i));
+            o = _mm256_add_ps(o, _mm256_mul_ps(m, _mm256_set1_ps(*sx.get_unchecked(b))));
+        }
+    }
+    let mut all = [0f32; 8];
+    _mm256_storeu_ps(all.as_mut_ptr(), o);
+    out[..nr].copy_from_slice(&all[..nr]);
+}
