@@ -8,7 +8,7 @@
 use std::arch::x86_64::*;
 
 use crate::format::{BlockFormat, QK, QK_K};
-use crate::kquant::{self, combine, scale_min_k4};
+use crate::kquant::{self, combine};
 use crate::matmul::TILE;
 use crate::q8::{Q8Acts, Q8KActs};
 
@@ -53,6 +53,21 @@ unsafe fn sc_pair(a: i16, b: i16) -> __m256i {
     _mm256_set_m128i(_mm_set1_epi16(b), _mm_set1_epi16(a))
 }
 
+/// The eight 6-bit scales and mins of a Q4_K / Q5_K super-block ([`kquant::scale_min_k4`] for all `j` at once, with
+/// ggml's 32-bit mask arithmetic).
+#[inline]
+fn scales_mins_k4(q: &[u8]) -> ([u8; 8], [u8; 8]) {
+    const K1: u32 = 0x3f3f_3f3f;
+    const K2: u32 = 0x0f0f_0f0f;
+    const K3: u32 = 0x0303_0303;
+    let w = |i: usize| u32::from_le_bytes([q[i], q[i + 1], q[i + 2], q[i + 3]]);
+    let (u0, u1, u2) = (w(0), w(4), w(8));
+    let sc_hi = (u2 & K2) | (((u0 >> 6) & K3) << 4);
+    let mn_hi = ((u2 >> 4) & K2) | (((u1 >> 6) & K3) << 4);
+    let join = |lo: u32, hi: u32| (lo as u64 | ((hi as u64) << 32)).to_le_bytes();
+    (join(u0 & K1, sc_hi), join(u1 & K1, mn_hi))
+}
+
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn unpack_q45k(b: &[u8], five: bool) -> KRegs {
@@ -67,14 +82,13 @@ unsafe fn unpack_q45k(b: &[u8], five: bool) -> KRegs {
         d: f16_at(b, 0),
         dmin: f16_at(b, 2),
     };
-    let mut m = [0i16; 16];
-    for j in 0..8 {
-        let (s, mm) = scale_min_k4(j, &b[4..16]);
-        r.sc[j] = _mm256_set1_epi16(s as i16);
-        m[2 * j] = mm as i16;
-        m[2 * j + 1] = mm as i16;
+    let (sc, mn) = scales_mins_k4(&b[4..16]);
+    for (j, &v) in sc.iter().enumerate() {
+        r.sc[j] = _mm256_set1_epi16(v as i16);
     }
-    r.m = load(m.as_ptr() as *const u8);
+    // Each min twice (one per 16-value group).
+    let m8 = _mm_cvtepu8_epi16(_mm_loadl_epi64(mn.as_ptr() as *const __m128i));
+    r.m = _mm256_set_m128i(_mm_unpackhi_epi16(m8, m8), _mm_unpacklo_epi16(m8, m8));
     if five {
         let qh = load(b.as_ptr().add(16));
         let qs = b.as_ptr().add(48);
@@ -174,6 +188,28 @@ unsafe fn unpack_generic(format: BlockFormat, b: &[u8]) -> KRegs {
 /// The CPU supports AVX2, FMA and F16C; `format` is a K-quant and `wrow` one whole row of it.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn tile_k(format: BlockFormat, wrow: &[u8], acts: &Q8KActs, t0: usize, out: &mut [f32]) {
+    // One copy per format, so the block unpack inlines into the loop.
+    match format {
+        BlockFormat::Q4K => tile_k_impl::<K_Q4>(format, wrow, acts, t0, out),
+        BlockFormat::Q5K => tile_k_impl::<K_Q5>(format, wrow, acts, t0, out),
+        BlockFormat::Q6K => tile_k_impl::<K_Q6>(format, wrow, acts, t0, out),
+        _ => tile_k_impl::<K_OTHER>(format, wrow, acts, t0, out),
+    }
+}
+
+const K_Q4: u8 = 0;
+const K_Q5: u8 = 1;
+const K_Q6: u8 = 2;
+const K_OTHER: u8 = 3;
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_k_impl<const F: u8>(
+    format: BlockFormat,
+    wrow: &[u8],
+    acts: &Q8KActs,
+    t0: usize,
+    out: &mut [f32],
+) {
     let nt = out.len().min(TILE);
     let rows: [(&[f32], &[i8], &[i16]); TILE] = std::array::from_fn(|i| {
         if i < nt {
@@ -188,10 +224,10 @@ pub unsafe fn tile_k(format: BlockFormat, wrow: &[u8], acts: &Q8KActs, t0: usize
     assert_eq!(rows[0].1.len(), nb * QK_K, "activation row length");
     for b in 0..nb {
         let blk = &wrow[b * bb..(b + 1) * bb];
-        let r = match format {
-            BlockFormat::Q4K => unpack_q45k(blk, false),
-            BlockFormat::Q5K => unpack_q45k(blk, true),
-            BlockFormat::Q6K => unpack_q6k(blk),
+        let r = match F {
+            K_Q4 => unpack_q45k(blk, false),
+            K_Q5 => unpack_q45k(blk, true),
+            K_Q6 => unpack_q6k(blk),
             _ => unpack_generic(format, blk),
         };
         for (i, &(dx, q, bs)) in rows[..nt].iter().enumerate() {
@@ -453,15 +489,9 @@ pub unsafe fn unpack_k_bytes(
     let (regs, sc, m, off) = match format {
         BlockFormat::Q4K | BlockFormat::Q5K => {
             let r = unpack_q45k(b, format == BlockFormat::Q5K);
-            let mut sc = [0i16; 16];
-            let mut m = [0i16; 16];
-            for j in 0..8 {
-                let (s, mm) = scale_min_k4(j, &b[4..16]);
-                sc[2 * j] = s as i16;
-                sc[2 * j + 1] = s as i16;
-                m[2 * j] = mm as i16;
-                m[2 * j + 1] = mm as i16;
-            }
+            let (s8, m8) = scales_mins_k4(&b[4..16]);
+            let sc = std::array::from_fn(|g| s8[g / 2] as i16);
+            let m = std::array::from_fn(|g| m8[g / 2] as i16);
             (r, sc, m, 0)
         }
         BlockFormat::Q6K => {
