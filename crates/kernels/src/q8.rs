@@ -64,7 +64,8 @@ fn quantize_row_q8(x: &[f32], q: &mut [i8], d_out: &mut [f32], s_out: &mut [f32]
         let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
         let mut sum = 0i32;
         for (j, v) in block.iter().enumerate() {
-            let qv = (v * id).round_ties_even() as i32;
+            // Ties to even, as `_mm256_round_ps` does; |v·id| ≤ 127, well inside `nearest_int`'s range.
+            let qv = nearest_int(v * id);
             q[bi * QK + j] = qv as i8;
             sum += qv;
         }
