@@ -94,6 +94,10 @@ pub struct FinetuneArgs {
     pub resume: Option<PathBuf>,
     #[arg(long, short = 't', env = "BAIMO_THREADS")]
     pub threads: Option<usize>,
+    /// Append one JSON line per optimizer step to FILE: step, seconds, loss, lr, grad_norm, tokens (in the
+    /// loss), sequence_tokens (all positions processed). For benchmarks and plots.
+    #[arg(long, value_name = "FILE")]
+    pub step_log: Option<PathBuf>,
 }
 
 /// A line above the progress bar, or plain stderr when the bar is hidden (not a terminal).
@@ -221,6 +225,17 @@ pub fn finetune(store: &ModelStore, a: FinetuneArgs) -> Result<()> {
         .progress_chars("=> "),
     );
     let mut smoothed: Option<f64> = None;
+    let mut step_log = match &a.step_log {
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("opening --step-log {}", p.display()))?,
+        )),
+        None => None,
+    };
+    let mut log_error: Option<std::io::Error> = None;
     run_finetune(&mut model, &train, &eval, &opts, &stop, |p| match p {
         Progress::Start {
             total_steps,
@@ -237,7 +252,19 @@ pub fn finetune(store: &ModelStore, a: FinetuneArgs) -> Result<()> {
             step,
             stats,
             tokens_per_s,
+            seconds,
         } => {
+            if let Some(w) = step_log.as_mut() {
+                use std::io::Write;
+                let line = serde_json::json!({
+                    "step": step, "seconds": seconds, "loss": stats.loss, "lr": stats.lr,
+                    "grad_norm": stats.grad_norm, "tokens": stats.tokens,
+                    "sequence_tokens": stats.sequence_tokens,
+                });
+                if let Err(e) = writeln!(w, "{line}").and_then(|_| w.flush()) {
+                    log_error.get_or_insert(e);
+                }
+            }
             let s = smoothed.map_or(stats.loss, |l| 0.9 * l + 0.1 * stats.loss);
             smoothed = Some(s);
             bar.set_position(step as u64);
@@ -254,6 +281,9 @@ pub fn finetune(store: &ModelStore, a: FinetuneArgs) -> Result<()> {
         Progress::Saved { step, dir } => say(&bar, format!("step {step}: saved {}", dir.display())),
     })?;
     bar.finish();
+    if let Some(e) = log_error {
+        eprintln!("warning: --step-log could not be written: {e}");
+    }
     eprintln!(
         "adapter written to {} (PEFT format; use it with `baimo run MODEL --adapter {}`)",
         a.out.display(),

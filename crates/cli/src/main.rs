@@ -4,6 +4,7 @@ mod bench;
 mod chat;
 mod commands;
 mod finetune;
+mod merge;
 mod sampling;
 mod serve;
 mod threads;
@@ -38,6 +39,8 @@ enum Command {
     Perplexity(commands::PerplexityArgs),
     /// LoRA fine-tuning on your own chat data (JSONL); writes a PEFT adapter.
     Finetune(Box<finetune::FinetuneArgs>),
+    /// Fold a LoRA adapter into its base: a GGUF file (f16 or a chosen quantization) or a Hugging Face folder.
+    Merge(merge::MergeArgs),
     /// Prompt-processing and generation speed, peak memory and load time, as llama-bench measures them.
     Bench(bench::BenchArgs),
     /// Download a model: a catalog name, or hf:REPO[/FILE].
@@ -81,6 +84,7 @@ fn main() {
         Command::Perplexity(a) => commands::perplexity(&store, a),
         Command::Finetune(a) => finetune::finetune(&store, *a),
         Command::Bench(a) => bench::bench(&store, a),
+        Command::Merge(a) => merge::merge(&store, a),
         Command::Pull(a) => commands::pull(&store, a),
         Command::List => commands::list(&store),
         Command::Rm(a) => commands::rm(&store, a),

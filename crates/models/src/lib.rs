@@ -9,6 +9,7 @@ pub mod error;
 pub mod kv_cache;
 pub mod layers;
 pub mod lora;
+pub mod merge;
 pub mod paged;
 pub mod transformer;
 pub mod weights;

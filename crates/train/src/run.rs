@@ -132,6 +132,8 @@ pub enum Progress {
         step: usize,
         stats: StepStats,
         tokens_per_s: f64,
+        /// Wall time of the optimizer step (forward, backward, update).
+        seconds: f64,
     },
     Eval {
         step: usize,
@@ -220,11 +222,13 @@ pub fn finetune(
         let t0 = Instant::now();
         let stats = trainer.step(model, &batch)?;
         step += 1;
-        let tps = stats.tokens as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+        let seconds = t0.elapsed().as_secs_f64();
+        let tps = stats.tokens as f64 / seconds.max(1e-9);
         progress(Progress::Step {
             step,
             stats,
             tokens_per_s: tps,
+            seconds,
         });
         if opts.eval_every > 0 && step % opts.eval_every == 0 && !eval.is_empty() {
             trainer.params.attach(model, false)?;

@@ -118,7 +118,10 @@ pub struct StepStats {
     pub lr: f64,
     /// Gradient norm before clipping.
     pub grad_norm: f64,
+    /// Tokens in the loss.
     pub tokens: usize,
+    /// Every position the step ran forward and backward (prompt and answer, no padding).
+    pub sequence_tokens: usize,
 }
 
 /// AdamW (Loshchilov & Hutter 2019) over the LoRA parameters with the warmup + cosine schedule.
@@ -191,6 +194,7 @@ impl Trainer {
             lr,
             grad_norm,
             tokens,
+            sequence_tokens: examples.iter().map(|e| e.tokens.len()).sum(),
         })
     }
 }

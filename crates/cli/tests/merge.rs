@@ -1,0 +1,103 @@
+//! `baimo merge` end to end: the merged GGUF generates what the base does with the adapter applied, and bad
+//! requests fail with a message and no output file.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn baimo(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_baimo"))
+        .args(args)
+        .output()
+        .expect("run baimo")
+}
+
+/// Greedy token ids of `baimo run ... --json`.
+fn greedy(model: &str, extra: &[&str]) -> Vec<u64> {
+    let mut args = vec![
+        "run",
+        model,
+        "--raw",
+        "-p",
+        "The quick brown fox",
+        "--max-tokens",
+        "12",
+        "--temperature",
+        "0",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let o = baimo(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn merged_gguf_generates_like_the_adapter() {
+    let dir = std::env::temp_dir().join(format!("baimo-merge-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let base = root().join("fixtures/tiny/llama-gqa/llama-gqa-F32.gguf");
+    let base = base.to_str().unwrap();
+    let adapter = root().join("fixtures/tiny/llama-gqa/lora-all");
+    let adapter = adapter.to_str().unwrap();
+    let out = dir.join("merged.gguf");
+    let out_s = out.to_str().unwrap();
+    let o = baimo(&["merge", base, adapter, "-o", out_s, "--outtype", "keep"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let with_adapter = greedy(base, &["--adapter", adapter]);
+    assert_eq!(greedy(out_s, &[]), with_adapter);
+    assert_ne!(
+        greedy(base, &[]),
+        with_adapter,
+        "the adapter must change the answer for this to mean anything"
+    );
+
+    // Exists already, no --force.
+    let o = baimo(&["merge", base, adapter, "-o", out_s]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--force"));
+    // A GGUF base needs a .gguf output.
+    let o = baimo(&[
+        "merge",
+        base,
+        adapter,
+        "-o",
+        dir.join("x.bin").to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains(".gguf"));
+    // Unknown type.
+    let o = baimo(&[
+        "merge",
+        base,
+        adapter,
+        "-o",
+        dir.join("y.gguf").to_str().unwrap(),
+        "--outtype",
+        "q9",
+    ]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown output type"));
+    // An adapter for a model of another shape: an error, and no file left behind.
+    let other = root().join("fixtures/tiny/llama-q/llama-q-Q8_0.gguf");
+    let bad = dir.join("bad.gguf");
+    let o = baimo(&[
+        "merge",
+        other.to_str().unwrap(),
+        adapter,
+        "-o",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("adapter"), "{err}");
+    assert!(!bad.exists() && !dir.join("bad.gguf.partial").exists());
+    std::fs::remove_dir_all(&dir).ok();
+}
