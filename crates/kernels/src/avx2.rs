@@ -303,7 +303,7 @@ unsafe fn f16_ptr(p: *const u8) -> f32 {
 /// `p` points at one whole block of format `F`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn load_32<const F: u8>(p: *const u8) -> (f32, f32, __m256i) {
+pub(crate) unsafe fn load_32<const F: u8>(p: *const u8) -> (f32, f32, __m256i) {
     let u32_at = |i: usize| std::ptr::read_unaligned(p.add(i) as *const u32);
     match F {
         F_Q8_0 => (f16_ptr(p), 0.0, load(p.add(2))),
@@ -450,36 +450,13 @@ unsafe fn rows_32_impl<const F: u8>(wrows: &[&[u8]], acts: &Q8Acts, t: usize, ou
     out[..nr].copy_from_slice(&all[..nr]);
 }
 
-/// One 32-element block with its values made unsigned by adding `off` (wrapping, as u8): (d, m, bytes).
-///
-/// # Safety
-/// The CPU supports AVX2, FMA and F16C; `format` is a 32-element format and `b` one whole block of it.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn unpack_32_bytes(
-    format: BlockFormat,
-    b: &[u8],
-    off: i32,
-    u: &mut [u8; QK],
-) -> (f32, f32) {
-    assert!(b.len() >= format.block_bytes());
-    let (d, m, w) = match tag(format) {
-        F_Q4_0 => load_32::<F_Q4_0>(b.as_ptr()),
-        F_Q4_1 => load_32::<F_Q4_1>(b.as_ptr()),
-        F_Q5_0 => load_32::<F_Q5_0>(b.as_ptr()),
-        F_Q5_1 => load_32::<F_Q5_1>(b.as_ptr()),
-        _ => load_32::<F_Q8_0>(b.as_ptr()),
-    };
-    let w = _mm256_add_epi8(w, _mm256_set1_epi8(off as u8 as i8));
-    _mm256_storeu_si256(u.as_mut_ptr() as *mut __m256i, w);
-    (d, m)
-}
-
 /// One K-quant super-block unpacked to the common form (as [`kquant::unpack_k`], which stays the reference):
 /// the 256 unsigned values go to `u`; returns (d, dmin, sc, m, off). Q4_K, Q5_K and Q6_K unpack in
 /// registers; Q2_K and Q3_K through the scalar code.
 ///
 /// # Safety
 /// The CPU supports AVX2, FMA and F16C; `format` is a K-quant and `b` one whole block of it.
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn unpack_k_bytes(
     format: BlockFormat,

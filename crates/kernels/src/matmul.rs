@@ -78,7 +78,7 @@ fn vnni_available() -> bool {
 
 /// Activation rows from which the packed VNNI kernels beat the direct AVX2 ones on `format` (measured with
 /// `examples/matmul_speed.rs`: the K-quants' AVX2 kernels reuse an unpacked block across eight rows, so they
-/// hold out longer; `BAIMO_VNNI_MIN_ROWS` overrides it for such measurements). Every kernel gives the same
+/// hold out a little longer; `BAIMO_VNNI_MIN_ROWS` overrides it for such measurements). Every kernel gives the same
 /// bits, so this choice never changes a result.
 fn vnni_min_rows(format: BlockFormat) -> usize {
     static FORCED: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
@@ -87,7 +87,7 @@ fn vnni_min_rows(format: BlockFormat) -> usize {
             .ok()
             .and_then(|v| v.parse().ok())
     });
-    forced.unwrap_or(if format.is_k() { 12 } else { 6 })
+    forced.unwrap_or(if format.is_k() { 8 } else { 6 })
 }
 
 /// Quantized activations in the form the weight format pairs with.

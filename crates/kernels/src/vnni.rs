@@ -95,23 +95,33 @@ fn pack_k(format: BlockFormat, rows: &[&[u8]], p: &mut Panel) -> i32 {
     let gs = k_scale_group(format);
     let ng = QK_K / gs;
     p.reset(nb, QK_K / 4, ng, rows.len() < LANES);
+    // SAFETY: `available()` was checked by the caller; every row holds `nb` whole blocks.
+    unsafe { pack_k_impl(format, rows, nb, bb, ng, gs, p) }
+}
+
+/// Per super-block: each row unpacked to 256 unsigned bytes (and its scales), then the 16 rows transposed in
+/// registers 32 values at a time into the panel's `[4-value group][row]` order. Returns the format's offset.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn pack_k_impl(
+    format: BlockFormat,
+    rows: &[&[u8]],
+    nb: usize,
+    bb: usize,
+    ng: usize,
+    gs: usize,
+    p: &mut Panel,
+) -> i32 {
     let mut off = 0;
-    let mut u = [0u8; QK_K];
-    // Block-major, so the panel slice being written (one block of sixteen rows) stays in L1.
+    let mut buf = [[0u8; QK_K]; LANES];
+    let pair = |a: i16, b: i16| (a as u16 as u32) | ((b as u16 as u32) << 16);
     for b in 0..nb {
         for (r, row) in rows.iter().enumerate() {
             let blk = &row[b * bb..(b + 1) * bb];
-            // SAFETY: `available()` implies AVX2, FMA and F16C; `blk` is one whole block.
-            let (d, dmin, sc, m, o) = unsafe { crate::avx2::unpack_k_bytes(format, blk, &mut u) };
+            let (d, dmin, sc, m, o) = crate::avx2::unpack_k_bytes(format, blk, &mut buf[r]);
             off = o as i32;
-            let pu = &mut p.u[b * (QK_K / 4) * LANES..(b + 1) * (QK_K / 4) * LANES];
-            for (g, c) in u.chunks_exact(4).enumerate() {
-                pu[g * LANES + r] = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-            }
             for g in 0..ng {
                 p.sc[(b * ng + g) * LANES + r] = sc[g * gs / 16] as i32;
             }
-            let pair = |a: i16, b: i16| (a as u16 as u32) | ((b as u16 as u32) << 16);
             for q in 0..8 {
                 p.mpair[(b * 8 + q) * LANES + r] = pair(m[2 * q], m[2 * q + 1]);
                 p.scpair[(b * 8 + q) * LANES + r] = pair(sc[2 * q], sc[2 * q + 1]);
@@ -119,29 +129,99 @@ fn pack_k(format: BlockFormat, rows: &[&[u8]], p: &mut Panel) -> i32 {
             p.d[b * LANES + r] = d;
             p.dmin[b * LANES + r] = dmin;
         }
+        let u = p.u.as_mut_ptr().add(b * (QK_K / 4) * LANES);
+        for c in 0..QK_K / 32 {
+            let v: [__m256i; LANES] = std::array::from_fn(|r| {
+                if r < rows.len() {
+                    _mm256_loadu_si256(buf[r].as_ptr().add(32 * c) as *const __m256i)
+                } else {
+                    _mm256_setzero_si256()
+                }
+            });
+            store_transposed(u.add(c * 8 * LANES), &v);
+        }
     }
     off
 }
 
 fn pack_32(format: BlockFormat, rows: &[&[u8]], p: &mut Panel) {
+    use crate::avx2::{tag, F_Q4_0, F_Q4_1, F_Q5_0, F_Q5_1};
     let bb = format.block_bytes();
     let nb = rows[0].len() / bb;
-    let off = q32_offset(format);
     p.reset(nb, QK / 4, 0, rows.len() < LANES);
-    let mut u = [0u8; QK];
+    let off = q32_offset(format);
+    // SAFETY: `available()` was checked by the caller; every row holds `nb` whole blocks.
+    unsafe {
+        match tag(format) {
+            F_Q4_0 => pack_32_impl::<F_Q4_0>(rows, nb, bb, off, p),
+            F_Q4_1 => pack_32_impl::<F_Q4_1>(rows, nb, bb, off, p),
+            F_Q5_0 => pack_32_impl::<F_Q5_0>(rows, nb, bb, off, p),
+            F_Q5_1 => pack_32_impl::<F_Q5_1>(rows, nb, bb, off, p),
+            _ => pack_32_impl::<{ crate::avx2::F_Q8_0 }>(rows, nb, bb, off, p),
+        }
+    }
+}
+
+/// Per block: each row's 32 values unpacked into a ymm (offset to unsigned), then the 16 rows × 8 dwords
+/// transposed in registers into the panel's `[4-value group][row]` order.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn pack_32_impl<const F: u8>(rows: &[&[u8]], nb: usize, bb: usize, off: i32, p: &mut Panel) {
+    let offv = _mm256_set1_epi8(off as u8 as i8);
+    let u = p.u.as_mut_ptr();
     for b in 0..nb {
+        let mut v = [_mm256_setzero_si256(); LANES];
         for (r, row) in rows.iter().enumerate() {
-            let blk = &row[b * bb..(b + 1) * bb];
-            // SAFETY: as in `pack_k`.
-            let (d, m) = unsafe { crate::avx2::unpack_32_bytes(format, blk, off, &mut u) };
-            let pu = &mut p.u[b * (QK / 4) * LANES..(b + 1) * (QK / 4) * LANES];
-            for (g, c) in u.chunks_exact(4).enumerate() {
-                pu[g * LANES + r] = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-            }
+            let (d, m, w) = crate::avx2::load_32::<F>(row.as_ptr().add(b * bb));
+            v[r] = _mm256_add_epi8(w, offv);
             p.d[b * LANES + r] = d;
             p.dmin[b * LANES + r] = m;
         }
+        store_transposed(u.add(b * (QK / 4) * LANES), &v);
     }
+}
+
+/// `v[r]` holds row r's eight dwords; writes the eight zmm `[g][r] = v[r][g]` to `dst` (128 u32).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
+unsafe fn store_transposed(dst: *mut u32, v: &[__m256i; LANES]) {
+    let lo = transpose8(&v[..8]);
+    let hi = transpose8(&v[8..]);
+    for g in 0..8 {
+        let z = _mm512_inserti64x4(_mm512_castsi256_si512(lo[g]), hi[g], 1);
+        _mm512_storeu_si512(dst.add(g * LANES) as *mut _, z);
+    }
+}
+
+/// 8×8 transpose of dwords: `out[g]` lane r = `v[r]` lane g.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn transpose8(v: &[__m256i]) -> [__m256i; 8] {
+    let t0 = _mm256_unpacklo_epi32(v[0], v[1]);
+    let t1 = _mm256_unpackhi_epi32(v[0], v[1]);
+    let t2 = _mm256_unpacklo_epi32(v[2], v[3]);
+    let t3 = _mm256_unpackhi_epi32(v[2], v[3]);
+    let t4 = _mm256_unpacklo_epi32(v[4], v[5]);
+    let t5 = _mm256_unpackhi_epi32(v[4], v[5]);
+    let t6 = _mm256_unpacklo_epi32(v[6], v[7]);
+    let t7 = _mm256_unpackhi_epi32(v[6], v[7]);
+    let u0 = _mm256_unpacklo_epi64(t0, t2);
+    let u1 = _mm256_unpackhi_epi64(t0, t2);
+    let u2 = _mm256_unpacklo_epi64(t1, t3);
+    let u3 = _mm256_unpackhi_epi64(t1, t3);
+    let u4 = _mm256_unpacklo_epi64(t4, t6);
+    let u5 = _mm256_unpackhi_epi64(t4, t6);
+    let u6 = _mm256_unpacklo_epi64(t5, t7);
+    let u7 = _mm256_unpackhi_epi64(t5, t7);
+    [
+        _mm256_permute2x128_si256(u0, u4, 0x20),
+        _mm256_permute2x128_si256(u1, u5, 0x20),
+        _mm256_permute2x128_si256(u2, u6, 0x20),
+        _mm256_permute2x128_si256(u3, u7, 0x20),
+        _mm256_permute2x128_si256(u0, u4, 0x31),
+        _mm256_permute2x128_si256(u1, u5, 0x31),
+        _mm256_permute2x128_si256(u2, u6, 0x31),
+        _mm256_permute2x128_si256(u3, u7, 0x31),
+    ]
 }
 
 /// Σq of every activation block (all rows), for the offset corrections (exact integers).
