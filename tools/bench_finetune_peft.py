@@ -59,9 +59,8 @@ def run_peft(args, convs) -> dict:
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
     seqs = []
     for m in convs:
-        ids = tok.apply_chat_template(m, tokenize=True)
-        if isinstance(ids, dict):
-            ids = ids["input_ids"]
+        text = tok.apply_chat_template(m, tokenize=False)
+        ids = tok(text, add_special_tokens=False)["input_ids"]
         seqs.append(list(ids)[: args.max_seq_len])
     order = list(range(len(seqs)))
     random.Random(args.seed).shuffle(order)
