@@ -3,7 +3,8 @@
 //!
 //! Activations are quantized once per matmul exactly as ggml's x86 path does ([`q8`]), integer dot products
 //! are exact, so logits agree with llama.cpp's on the same file up to float summation order. Every SIMD
-//! kernel ([`avx2`]) has a scalar reference ([`q32`], [`kquant`]) that the tests compare it with.
+//! kernel (`avx2`, and `vnni` on AVX-512 VNNI CPUs) computes each output with its scalar reference's
+//! ([`q32`], [`kquant`]) integers and f32 operations in the same order; the tests compare them bit for bit.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
