@@ -76,18 +76,18 @@ fn vnni_available() -> bool {
     }
 }
 
-/// Activation rows from which the packed VNNI kernels beat the direct AVX2 ones on `format` (measured with
-/// `examples/matmul_speed.rs`: the K-quants' AVX2 kernels reuse an unpacked block across eight rows, so they
-/// hold out a little longer; `BAIMO_VNNI_MIN_ROWS` overrides it for such measurements). Every kernel gives the same
-/// bits, so this choice never changes a result.
-fn vnni_min_rows(format: BlockFormat) -> usize {
+/// Activation rows from which the packed VNNI kernels beat the direct ones (measured with
+/// `examples/matmul_speed.rs`: the direct kernels reuse an unpacked block across up to four rows (32-element
+/// formats) or eight (K-quants); `BAIMO_VNNI_MIN_ROWS` overrides it for such measurements). Every kernel
+/// gives the same bits, so this choice never changes a result.
+fn vnni_min_rows() -> usize {
     static FORCED: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
     let forced = *FORCED.get_or_init(|| {
         std::env::var("BAIMO_VNNI_MIN_ROWS")
             .ok()
             .and_then(|v| v.parse().ok())
     });
-    forced.unwrap_or(if format.is_k() { 8 } else { 6 })
+    forced.unwrap_or(8)
 }
 
 /// Quantized activations in the form the weight format pairs with.
@@ -155,7 +155,7 @@ pub fn quant_matmul_with(
     };
     let mut out = vec![0f32; n * rows];
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512Vnni && n >= vnni_min_rows(format) {
+    if isa == Isa::Avx512Vnni && n >= vnni_min_rows() {
         match &acts {
             Acts::Q8K(a) => crate::vnni::matmul_k(format, w, rows, row_bytes, a, &mut out),
             Acts::Q8(a) => crate::vnni::matmul_32(format, w, rows, row_bytes, a, &mut out),
@@ -175,29 +175,32 @@ pub fn quant_matmul_with(
         } else {
             Vec::new()
         };
-        let nb = cols / block;
         let chunk = chunk.next_multiple_of(8);
         w.par_chunks(chunk * row_bytes)
             .enumerate()
             .for_each(|(ci, wchunk)| {
                 let r0 = ci * chunk;
                 let wrows: Vec<&[u8]> = wchunk.chunks_exact(row_bytes).collect();
-                let mut buf = [0f32; 8];
+                let mut buf = [[0f32; 8]; 4];
                 for (g, group) in wrows.chunks(8).enumerate() {
-                    for t in 0..n {
+                    // The VNNI kernel takes up to four activation rows per weight-block unpack.
+                    let step = if direct_vnni { 4 } else { 1 };
+                    for t0 in (0..n).step_by(step) {
+                        let nt = step.min(n - t0);
                         // SAFETY: the kernel's CPU features were detected; `group` holds 1..=8 whole rows;
-                        // `isum` has the row's block sums when the VNNI kernel runs.
+                        // `isum` has every row's block sums when the VNNI kernel runs.
                         unsafe {
                             if direct_vnni {
-                                let is = &isum[t * nb..(t + 1) * nb];
-                                crate::vnni::rows_32(format, group, a, is, t, &mut buf)
+                                crate::vnni::rows_32(format, group, a, &isum, t0, &mut buf[..nt])
                             } else {
-                                crate::avx2::rows_32(format, group, a, t, &mut buf)
+                                crate::avx2::rows_32(format, group, a, t0, &mut buf[0])
                             }
                         };
-                        for (k, v) in buf[..group.len()].iter().enumerate() {
-                            // SAFETY: as below; rows r0+8g+k of this chunk are written by this task only.
-                            unsafe { dst.write(t * rows + r0 + 8 * g + k, *v) };
+                        for (i, vals) in buf[..nt].iter().enumerate() {
+                            for (k, v) in vals[..group.len()].iter().enumerate() {
+                                // SAFETY: as below; rows r0+8g+k of this chunk are written by this task only.
+                                unsafe { dst.write((t0 + i) * rows + r0 + 8 * g + k, *v) };
+                            }
                         }
                     }
                 }

@@ -488,62 +488,74 @@ unsafe fn tile_32<const M: usize>(
     }
 }
 
-/// Up to eight 32-element-format weight rows × one activation row `t`, straight from the file's layout (no
-/// packing: what decode wants): [`crate::avx2::rows_32`]'s structure with `vpdpbusd` on the unsigned weights
-/// (`u = q + off`, corrected by `off·Σx` per block, exact integers) and the 5th bits of Q5 set through a mask
-/// register. Bit for bit the scalar reference's results.
+/// Up to eight 32-element-format weight rows × activation rows `t0..t0 + nt` (`nt` ≤ [`MT`]), straight from
+/// the file's layout (no packing: what decode and small batches want): [`crate::avx2::rows_32`]'s structure
+/// with `vpdpbusd` on the unsigned weights (`u = q + off`, corrected by `off·Σx` per block, exact integers),
+/// the 5th bits of Q5 set through a mask register, and each weight block unpacked once for all `nt` rows.
+/// Bit for bit the scalar reference's results.
 ///
 /// # Safety
-/// [`available`]; `wrows` holds 1..=8 whole rows of `format` (a 32-element format), `isum` the activation
-/// row's per-block sums of quants, `out` as many values as rows.
+/// [`available`]; `wrows` holds 1..=8 whole rows of `format` (a 32-element format), `isum` every activation
+/// row's per-block sums of quants ([`block_sums`]), `out[i]` receives row `t0 + i`.
 pub unsafe fn rows_32(
     format: BlockFormat,
     wrows: &[&[u8]],
     acts: &Q8Acts,
     isum: &[i32],
-    t: usize,
-    out: &mut [f32],
+    t0: usize,
+    out: &mut [[f32; 8]],
 ) {
     use crate::avx2::{tag, F_Q4_0, F_Q4_1, F_Q5_0, F_Q5_1, F_Q8_0};
+    macro_rules! by_rows {
+        ($f:expr) => {
+            match out.len().min(MT) {
+                4 => rows_32_impl::<$f, 4>(wrows, acts, isum, t0, out),
+                3 => rows_32_impl::<$f, 3>(wrows, acts, isum, t0, out),
+                2 => rows_32_impl::<$f, 2>(wrows, acts, isum, t0, out),
+                _ => rows_32_impl::<$f, 1>(wrows, acts, isum, t0, out),
+            }
+        };
+    }
     match tag(format) {
-        F_Q4_0 => rows_32_impl::<F_Q4_0>(wrows, acts, isum, t, out),
-        F_Q4_1 => rows_32_impl::<F_Q4_1>(wrows, acts, isum, t, out),
-        F_Q5_0 => rows_32_impl::<F_Q5_0>(wrows, acts, isum, t, out),
-        F_Q5_1 => rows_32_impl::<F_Q5_1>(wrows, acts, isum, t, out),
-        _ => rows_32_impl::<F_Q8_0>(wrows, acts, isum, t, out),
+        F_Q4_0 => by_rows!(F_Q4_0),
+        F_Q4_1 => by_rows!(F_Q4_1),
+        F_Q5_0 => by_rows!(F_Q5_0),
+        F_Q5_1 => by_rows!(F_Q5_1),
+        _ => by_rows!(F_Q8_0),
     }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn rows_32_impl<const F: u8>(
+unsafe fn rows_32_impl<const F: u8, const T: usize>(
     wrows: &[&[u8]],
     acts: &Q8Acts,
     isum: &[i32],
-    t: usize,
-    out: &mut [f32],
+    t0: usize,
+    out: &mut [[f32; 8]],
 ) {
-    use crate::avx2::{nibbles, Rows8, F_Q4_0, F_Q4_1, F_Q5_0, F_Q5_1};
+    use crate::avx2::{nibbles, Rows8, F_Q4_0, F_Q4_1, F_Q5_0, F_Q5_1, F_Q8_0};
     let Rows8 {
-        rows,
-        nr,
-        nb,
-        bb,
-        dx,
-        sx,
-        q,
-    } = Rows8::new::<F>(wrows, acts, t);
+        rows, nr, nb, bb, ..
+    } = Rows8::new::<F>(wrows, acts, t0);
+    let xs: [(&[f32], &[f32], &[i8]); T] = std::array::from_fn(|i| {
+        let r = acts.row(t0 + i);
+        assert!(r.2.len() == nb * QK, "activation row length");
+        r
+    });
     let off: i32 = match F {
         F_Q4_0 => 8,
         F_Q5_0 => 16,
         _ => 0,
     };
-    assert!(off == 0 || isum.len() == nb, "activation sums");
+    assert!(off == 0 || isum.len() >= (t0 + T) * nb, "activation sums");
+    assert!(out.len() >= T, "output rows");
     let with_min = F == F_Q4_1 || F == F_Q5_1;
     let sixteen = _mm256_set1_epi8(16);
-    let mut o = _mm256_setzero_ps();
+    let mut o = [_mm256_setzero_ps(); T];
     for b in 0..nb {
-        let x = _mm256_loadu_si256(q.as_ptr().add(b * QK) as *const __m256i);
-        let mut v = [_mm256_setzero_si256(); 8];
+        // The eight rows' block, unpacked once: unsigned weights (Q8_0: |w| and w for the signs).
+        let mut w = [_mm256_setzero_si256(); 8];
+        let mut ws = [_mm256_setzero_si256(); 8];
         let mut dbits = [0u16; 8];
         let mut mbits = [0u16; 8];
         for k in 0..8 {
@@ -559,37 +571,54 @@ unsafe fn rows_32_impl<const F: u8>(
                 let n = nibbles(p.add(qs));
                 _mm256_mask_add_epi8(n, bits, n, sixteen)
             };
-            v[k] = match F {
-                F_Q4_0 => _mm256_dpbusd_epi32(_mm256_setzero_si256(), nibbles(p.add(2)), x),
-                F_Q4_1 => _mm256_dpbusd_epi32(_mm256_setzero_si256(), nibbles(p.add(4)), x),
-                F_Q5_0 => _mm256_dpbusd_epi32(_mm256_setzero_si256(), high(2, 6), x),
-                F_Q5_1 => _mm256_dpbusd_epi32(_mm256_setzero_si256(), high(4, 8), x),
+            w[k] = match F {
+                F_Q4_0 => nibbles(p.add(2)),
+                F_Q4_1 => nibbles(p.add(4)),
+                F_Q5_0 => high(2, 6),
+                F_Q5_1 => high(4, 8),
                 _ => {
-                    let w = _mm256_loadu_si256(p.add(2) as *const __m256i);
-                    let aw = _mm256_abs_epi8(w);
-                    _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, _mm256_sign_epi8(x, w))
+                    ws[k] = _mm256_loadu_si256(p.add(2) as *const __m256i);
+                    _mm256_abs_epi8(ws[k])
                 }
             };
         }
-        // Lane k ← Σ v[k] (exact integers; the order of the additions does not matter).
-        let h0123 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
-        let h4567 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
-        let mut sumi = _mm256_add_epi32(
-            _mm256_permute2x128_si256(h0123, h4567, 0x20),
-            _mm256_permute2x128_si256(h0123, h4567, 0x31),
-        );
-        if off != 0 {
-            sumi = _mm256_sub_epi32(sumi, _mm256_set1_epi32(off * *isum.get_unchecked(b)));
-        }
         let d = _mm256_cvtph_ps(_mm_loadu_si128(dbits.as_ptr() as *const __m128i));
-        let dd = _mm256_mul_ps(d, _mm256_set1_ps(*dx.get_unchecked(b)));
-        o = _mm256_add_ps(o, _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), dd));
-        if with_min {
-            let m = _mm256_cvtph_ps(_mm_loadu_si128(mbits.as_ptr() as *const __m128i));
-            o = _mm256_add_ps(o, _mm256_mul_ps(m, _mm256_set1_ps(*sx.get_unchecked(b))));
+        let m = _mm256_cvtph_ps(_mm_loadu_si128(mbits.as_ptr() as *const __m128i));
+        for t in 0..T {
+            let (dx, sx, q) = xs[t];
+            let x = _mm256_loadu_si256(q.as_ptr().add(b * QK) as *const __m256i);
+            let v: [__m256i; 8] = std::array::from_fn(|k| {
+                let xk = if F == F_Q8_0 {
+                    _mm256_sign_epi8(x, ws[k])
+                } else {
+                    x
+                };
+                _mm256_dpbusd_epi32(_mm256_setzero_si256(), w[k], xk)
+            });
+            // Lane k ← Σ v[k] (exact integers; the order of the additions does not matter).
+            let h0123 =
+                _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+            let h4567 =
+                _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+            let mut sumi = _mm256_add_epi32(
+                _mm256_permute2x128_si256(h0123, h4567, 0x20),
+                _mm256_permute2x128_si256(h0123, h4567, 0x31),
+            );
+            if off != 0 {
+                let s = *isum.get_unchecked((t0 + t) * nb + b);
+                sumi = _mm256_sub_epi32(sumi, _mm256_set1_epi32(off * s));
+            }
+            let dd = _mm256_mul_ps(d, _mm256_set1_ps(*dx.get_unchecked(b)));
+            o[t] = _mm256_add_ps(o[t], _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), dd));
+            if with_min {
+                let ms = _mm256_mul_ps(m, _mm256_set1_ps(*sx.get_unchecked(b)));
+                o[t] = _mm256_add_ps(o[t], ms);
+            }
         }
     }
-    let mut all = [0f32; 8];
-    _mm256_storeu_ps(all.as_mut_ptr(), o);
-    out[..nr].copy_from_slice(&all[..nr]);
+    for t in 0..T {
+        let mut all = [0f32; 8];
+        _mm256_storeu_ps(all.as_mut_ptr(), o[t]);
+        out[t][..nr].copy_from_slice(&all[..nr]);
+    }
 }

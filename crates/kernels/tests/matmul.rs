@@ -158,10 +158,10 @@ fn simd_kernels_match_scalar() {
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     for format in BlockFormat::ALL {
-        for (rows, cols, n) in shapes(format)
-            .into_iter()
-            .chain([(35, 2 * format.block_len(), 13)])
-        {
+        for (rows, cols, n) in shapes(format).into_iter().chain([
+            (35, 2 * format.block_len(), 13),
+            (19, 3 * format.block_len(), 5),
+        ]) {
             let w = random_weights(format, rows, cols, &mut rng);
             let x: Vec<f32> = (0..n * cols).map(|_| rng.gen_range(-2.0..2.0)).collect();
             let scalar = quant_matmul_with(Isa::Scalar, format, &w, rows, cols, &x).unwrap();
