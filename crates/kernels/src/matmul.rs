@@ -27,7 +27,8 @@ pub enum Isa {
 }
 
 impl Isa {
-    /// The best implementation this CPU runs; `BAIMO_KERNELS=scalar` forces the reference.
+    /// The best implementation this CPU runs; `BAIMO_KERNELS=scalar` forces the reference and
+    /// `BAIMO_KERNELS=avx2` the AVX2 kernels on an AVX-512 CPU.
     pub fn detect() -> Isa {
         let forced = std::env::var("BAIMO_KERNELS").ok();
         if forced.as_deref() == Some("scalar") {
@@ -169,7 +170,7 @@ pub fn quant_matmul_with(
     let dst = SendPtr(out.as_mut_ptr());
     #[cfg(target_arch = "x86_64")]
     if let (Isa::Avx2, Acts::Q8(a)) = (isa, &acts) {
-        // Eight weight rows per kernel call, one activation row at a time.
+        // Eight weight rows per kernel call, with one activation row (AVX2) or up to four (VNNI).
         let isum = if direct_vnni {
             crate::vnni::block_sums(a)
         } else {
