@@ -171,7 +171,7 @@ pub fn quant_matmul_with(
     #[cfg(target_arch = "x86_64")]
     if let (Isa::Avx2, Acts::Q8(a)) = (isa, &acts) {
         // Eight weight rows per kernel call, with one activation row (AVX2) or up to four (VNNI).
-        let isum = if direct_vnni {
+        let isum = if direct_vnni && crate::vnni::rows_32_needs_sums(format) {
             crate::vnni::block_sums(a)
         } else {
             Vec::new()

@@ -488,6 +488,12 @@ unsafe fn tile_32<const M: usize>(
     }
 }
 
+/// Whether [`rows_32`] needs the activations' [`block_sums`] for `format` (the formats stored with an
+/// offset; Q8_0 takes the sign trick there instead).
+pub fn rows_32_needs_sums(format: BlockFormat) -> bool {
+    matches!(format, BlockFormat::Q4_0 | BlockFormat::Q5_0)
+}
+
 /// Up to eight 32-element-format weight rows × activation rows `t0..t0 + nt` (`nt` ≤ [`MT`]), straight from
 /// the file's layout (no packing: what decode and small batches want): [`crate::avx2::rows_32`]'s structure
 /// with `vpdpbusd` on the unsigned weights (`u = q + off`, corrected by `off·Σx` per block, exact integers),

@@ -130,26 +130,10 @@ fn encode(t: &Tensor, ty: GgmlType) -> Result<(GgmlType, Vec<u8>)> {
     } else {
         GgmlType::F16
     };
-    let flat = t.flatten_all()?;
     let bytes = match ty {
-        GgmlType::F32 => flat
-            .to_dtype(DType::F32)?
-            .to_vec1::<f32>()?
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        GgmlType::F16 => flat
-            .to_dtype(DType::F16)?
-            .to_vec1::<half::f16>()?
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        GgmlType::BF16 => flat
-            .to_dtype(DType::BF16)?
-            .to_vec1::<half::bf16>()?
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
+        GgmlType::F32 => float_bytes(t, f32::to_le_bytes)?,
+        GgmlType::F16 => float_bytes(t, half::f16::to_le_bytes)?,
+        GgmlType::BF16 => float_bytes(t, half::bf16::to_le_bytes)?,
         q => {
             let dt = ggml_to_candle(q).ok_or_else(|| ModelError::UnsupportedTensorType {
                 name: "merge output".into(),
@@ -161,6 +145,15 @@ fn encode(t: &Tensor, ty: GgmlType) -> Result<(GgmlType, Vec<u8>)> {
         }
     };
     Ok((ty, bytes))
+}
+
+/// `t`'s values as `T`, little-endian.
+fn float_bytes<T: candle_core::WithDType, const N: usize>(
+    t: &Tensor,
+    le: fn(T) -> [u8; N],
+) -> Result<Vec<u8>> {
+    let v = t.flatten_all()?.to_dtype(T::DTYPE)?.to_vec1::<T>()?;
+    Ok(v.into_iter().flat_map(le).collect())
 }
 
 /// llama.cpp's `general.file_type` (`enum llama_ftype`) for a file whose matrices are all `ty`.
@@ -254,7 +247,6 @@ pub fn merge_gguf(
             }
             _ => t,
         };
-        let t = if t.rank() == 1 { t.unsqueeze(0)? } else { t };
         let (written, bytes) = encode(&t, target)?;
         if written != target {
             report.fallbacks.push((info.name.clone(), target, written));
