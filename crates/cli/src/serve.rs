@@ -32,9 +32,22 @@ pub struct ServeArgs {
     pub host: String,
     #[arg(long, default_value_t = 8080, env = "BAIMO_PORT")]
     pub port: u16,
+    /// A LoRA adapter (PEFT folder) served over the default model as NAME=PATH, or over another model as
+    /// MODEL:NAME=PATH; requests reach it as `"model": "MODEL:NAME"`. Repeatable. More load and unload at
+    /// runtime through /admin/adapters.
+    #[arg(
+        long = "adapter",
+        value_name = "NAME=PATH",
+        env = "BAIMO_ADAPTERS",
+        value_delimiter = ','
+    )]
+    pub adapters: Vec<String>,
     /// Require `Authorization: Bearer KEY` on /v1/*.
     #[arg(long, env = "BAIMO_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Require `Authorization: Bearer KEY` on /admin/* (adapter loading); without it, the API key guards them.
+    #[arg(long, env = "BAIMO_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
     /// Context window per sequence in tokens (default: the model's, capped at 4096).
     #[arg(long, short = 'c', env = "BAIMO_CTX")]
     pub ctx: Option<usize>,
@@ -136,10 +149,30 @@ pub fn serve(store: &ModelStore, a: ServeArgs) -> Result<()> {
         served.push(ServedModel::new(name, lm, engine.handle()));
         engines.push(engine);
     }
+    for spec in &a.adapters {
+        let Some((name, dir)) = spec
+            .split_once('=')
+            .filter(|(n, d)| !n.is_empty() && !d.is_empty())
+        else {
+            bail!("--adapter {spec}: expected NAME=PATH or MODEL:NAME=PATH");
+        };
+        let (model, name) =
+            baimo_server::state::split_adapter_id(&served, name).unwrap_or((&served[0], name));
+        let adapter = model
+            .load_adapter(name, std::path::Path::new(dir))
+            .with_context(|| format!("--adapter {spec}"))?;
+        eprintln!(
+            "adapter `{}:{}`: {}",
+            model.id,
+            adapter.name,
+            adapter.path.display()
+        );
+    }
     let state = AppState::new(
         served,
         ServerConfig {
             api_key: a.api_key.clone().filter(|k| !k.is_empty()),
+            admin_key: a.admin_key.clone().filter(|k| !k.is_empty()),
             max_body_bytes: a.max_body_bytes,
         },
     );

@@ -23,7 +23,17 @@ pub(crate) struct BlockManager {
     clock: u64,
 }
 
-/// Chained hash of a full block: its parent's hash and its own tokens.
+/// The root of a sequence's hash chain: what its keys and values depend on besides the tokens (a LoRA adapter
+/// changes every layer's keys and values, so its sequences never share blocks with the base model's).
+pub(crate) fn chain_root(adapter: Option<u64>) -> Option<u64> {
+    adapter.map(|id| {
+        let mut h = DefaultHasher::new();
+        ("baimo-lora-adapter", id).hash(&mut h);
+        h.finish()
+    })
+}
+
+/// Chained hash of a full block: its parent's hash (or the chain root) and its own tokens.
 pub(crate) fn block_hash(parent: Option<u64>, tokens: &[u32]) -> u64 {
     let mut h = DefaultHasher::new();
     parent.hash(&mut h);
@@ -92,10 +102,11 @@ impl BlockManager {
         }
     }
 
-    /// The cached blocks covering the longest run of full blocks of `tokens`, each referenced once more.
-    pub fn match_prefix(&mut self, tokens: &[u32]) -> Vec<u32> {
+    /// The cached blocks covering the longest run of full blocks of `tokens` in the chain starting at `root`
+    /// ([`chain_root`]), each referenced once more.
+    pub fn match_prefix(&mut self, root: Option<u64>, tokens: &[u32]) -> Vec<u32> {
         let mut out = Vec::new();
-        let mut parent = None;
+        let mut parent = root;
         for chunk in tokens.chunks_exact(self.block_size) {
             let h = block_hash(parent, chunk);
             let Some(&b) = self.by_hash.get(&h) else {
@@ -143,14 +154,14 @@ mod tests {
         m.register(b, h1, &toks[2..4]);
         assert_eq!(m.used(), 2);
         // Another sequence with the same first block but a different second one.
-        assert_eq!(m.match_prefix(&[1, 2, 9, 9]), vec![a]);
+        assert_eq!(m.match_prefix(None, &[1, 2, 9, 9]), vec![a]);
         m.release(a);
         m.release(a);
         m.release(b);
         assert_eq!(m.used(), 0);
         assert_eq!(m.available(), 4);
         // Cached blocks survive release and are found again.
-        assert_eq!(m.match_prefix(&toks), vec![a, b]);
+        assert_eq!(m.match_prefix(None, &toks), vec![a, b]);
         m.release(a);
         m.release(b);
         // Allocation uses free blocks first, then evicts the least recently released cached block (a).
@@ -159,11 +170,24 @@ mod tests {
         assert!(c != a && c != b && d != a && d != b);
         assert_eq!(m.allocate(), Some(a));
         assert_eq!(
-            m.match_prefix(&toks),
+            m.match_prefix(None, &toks),
             Vec::<u32>::new(),
             "a was evicted, so the chain breaks at its start"
         );
         assert_eq!(m.allocate(), Some(b));
         assert_eq!(m.allocate(), None);
+    }
+
+    #[test]
+    fn adapter_chains_do_not_share_blocks() {
+        let mut m = BlockManager::new(4, 2);
+        let toks = [1, 2, 3, 4];
+        let (r1, r2) = (chain_root(Some(1)), chain_root(Some(2)));
+        assert!(r1 != r2 && r1.is_some());
+        let a = m.allocate().unwrap();
+        m.register(a, block_hash(r1, &toks[..2]), &toks[..2]);
+        assert!(m.match_prefix(None, &toks).is_empty());
+        assert!(m.match_prefix(r2, &toks).is_empty());
+        assert_eq!(m.match_prefix(r1, &toks), vec![a]);
     }
 }

@@ -75,9 +75,7 @@ fn detect(path: &Path) -> Result<ModelFormat> {
 
 fn template_for(tokenizer: &Tokenizer) -> Result<ChatTemplate> {
     Ok(match tokenizer.chat_template() {
-        Some(src) => {
-            ChatTemplate::new(src, &tokenizer.bos_token_str(), &tokenizer.eos_token_str())?
-        }
+        Some(src) => ChatTemplate::new(src, tokenizer.bos_token_str(), tokenizer.eos_token_str())?,
         None => ChatTemplate::chatml(),
     })
 }

@@ -14,7 +14,7 @@ use baimo_models::{Logits, PagedKvCache, SeqSlice};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::blocks::{block_hash, BlockManager};
+use crate::blocks::{block_hash, chain_root, BlockManager};
 use crate::logprobs::{log_softmax, top_logprobs};
 use crate::serving::{
     Command, EngineConfig, EngineStats, Event, PromptTokenLogprob, Submission, Usage,
@@ -34,6 +34,8 @@ struct Seq<'m> {
     hashed: usize,
     last_hash: Option<u64>,
     stepper: Stepper<'m>,
+    /// Where this sequence's prefix-cache hash chain starts ([`chain_root`] of its adapter).
+    root: Option<u64>,
     cached_tokens: usize,
     prompt_lp: Vec<PromptTokenLogprob>,
 }
@@ -125,7 +127,9 @@ impl<'m> Scheduler<'m> {
             Command::Submit(sub) => {
                 let Submission { req, tx } = *sub;
                 let stepper = Stepper::new(&self.lm.tokenizer, &req.prompt, &req.opts);
+                let root = chain_root(req.adapter.as_ref().map(|a| a.id()));
                 self.waiting.push_back(Seq {
+                    root,
                     tx,
                     tokens: req.prompt.clone(),
                     req,
@@ -192,7 +196,7 @@ impl<'m> Scheduler<'m> {
             if self.cfg.prefix_cache && seq.req.prompt_logprobs.is_none() {
                 let limit = seq.tokens.len() - 1;
                 let full = limit / self.cfg.block_size * self.cfg.block_size;
-                matched = self.blocks.match_prefix(&seq.tokens[..full]);
+                matched = self.blocks.match_prefix(seq.root, &seq.tokens[..full]);
             }
             let cached = matched.len() * self.cfg.block_size;
             let need = seq.tokens.len().div_ceil(self.cfg.block_size) - matched.len();
@@ -226,7 +230,7 @@ impl<'m> Scheduler<'m> {
             seq.hashed = matched.len();
             seq.last_hash = None;
             if !matched.is_empty() {
-                let mut parent = None;
+                let mut parent = seq.root;
                 for chunk in seq.tokens[..cached].chunks_exact(self.cfg.block_size) {
                     parent = Some(block_hash(parent, chunk));
                 }
@@ -316,6 +320,7 @@ impl<'m> Scheduler<'m> {
                     start: s.computed,
                     block_table: &s.blocks,
                     logits: if wants_all { Logits::All } else { Logits::Last },
+                    adapter: s.req.adapter.as_deref(),
                 }
             })
             .collect();
@@ -415,7 +420,12 @@ impl<'m> Scheduler<'m> {
         let seq = &mut self.running[i];
         while (seq.hashed + 1) * bs <= seq.computed {
             let toks = &seq.tokens[seq.hashed * bs..(seq.hashed + 1) * bs];
-            let h = block_hash(seq.last_hash, toks);
+            let parent = if seq.hashed == 0 {
+                seq.root
+            } else {
+                seq.last_hash
+            };
+            let h = block_hash(parent, toks);
             self.blocks.register(seq.blocks[seq.hashed], h, toks);
             seq.last_hash = Some(h);
             seq.hashed += 1;

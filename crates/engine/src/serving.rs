@@ -57,6 +57,9 @@ pub struct GenRequest {
     /// Also return the log-probabilities of the prompt tokens (OpenAI completions `echo` + `logprobs`), with this
     /// many alternatives each. Such requests bypass the prefix cache (cached positions have no logits).
     pub prompt_logprobs: Option<usize>,
+    /// A LoRA adapter prepared for this engine's model ([`baimo_models::Transformer::prepare_adapter`]);
+    /// requests with different adapters, and none, share batches.
+    pub adapter: Option<Arc<baimo_models::ServedAdapter>>,
 }
 
 /// Log-probability of one prompt token (the first has none).

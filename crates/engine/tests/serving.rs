@@ -85,6 +85,7 @@ fn req(prompt: Vec<u32>, opts: GenerateOptions) -> GenRequest {
         prompt,
         opts,
         prompt_logprobs: None,
+        adapter: None,
     }
 }
 
@@ -329,5 +330,100 @@ fn bad_requests_are_refused_at_submit() {
     let u = out.usage.unwrap();
     assert_eq!(u.finish_reason, FinishReason::Length);
     assert_eq!(u.completion_tokens, 0);
+    engine.shutdown();
+}
+
+/// Requests for two LoRA adapters and for none, submitted together so they share batches, each generate what
+/// a single-sequence session with that adapter attached generates; an adapter's requests never reuse the base
+/// model's cached prefix blocks (their keys and values differ).
+#[test]
+fn mixed_adapter_requests_equal_sessions_with_the_adapter() {
+    let rel = "qwen2-gqa/qwen2-gqa-F32.gguf";
+    let dirs = ["qwen2-gqa/lora-all", "qwen2-gqa/lora-qv-rs"];
+    let adapters: Vec<_> = dirs
+        .iter()
+        .map(|d| baimo_models::LoraAdapter::load(&common::fixtures().join("tiny").join(d)).unwrap())
+        .collect();
+    let base = model(rel);
+    let served: Vec<_> = adapters
+        .iter()
+        .map(|a| Arc::new(base.model.prepare_adapter(a).unwrap()))
+        .collect();
+    let o = opts(24, SamplingParams::greedy());
+    let prompts: Vec<Vec<u32>> = [
+        "The quick brown fox",
+        "Hello, how are you today? I am",
+        "1 2 3",
+    ]
+    .iter()
+    .map(|t| prompt(&base, t))
+    .collect();
+    // References: a session over a model with the adapter attached.
+    let mut want = Vec::new();
+    for which in [None, Some(0), Some(1)] {
+        let mut lm = load(
+            &common::fixtures().join("tiny").join(rel),
+            &LoadOptions::default(),
+        )
+        .unwrap();
+        lm.model
+            .set_adapter(which.map(|i: usize| &adapters[i]))
+            .unwrap();
+        want.push(
+            prompts
+                .iter()
+                .map(|p| session_generate(&lm, p, &o))
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert!(
+        (0..prompts.len()).any(|i| want[0][i] != want[1][i]),
+        "the adapter should change some greedy continuation"
+    );
+    let engine = ServingEngine::start(
+        base.clone(),
+        EngineConfig {
+            block_size: 4,
+            max_batch_tokens: 16,
+            ..EngineConfig::default()
+        },
+    );
+    let h = engine.handle();
+    let mut rxs = Vec::new();
+    for round in 0..2 {
+        for (k, which) in [None, Some(0), Some(1)].into_iter().enumerate() {
+            for (i, p) in prompts.iter().enumerate() {
+                let mut r = req(p.clone(), o.clone());
+                r.adapter = which.map(|a: usize| served[a].clone());
+                rxs.push((round, k, i, h.submit(r).unwrap()));
+            }
+        }
+    }
+    for (round, k, i, rx) in rxs {
+        let got = collect(rx);
+        assert_eq!(
+            got.ids, want[k][i],
+            "adapter {k}, prompt {i}, round {round}"
+        );
+    }
+    // The same prompt, base then adapter, one after the other: the adapter's request finds no cached blocks.
+    let p = prompt(
+        &base,
+        "A prompt long enough to fill several KV blocks of four tokens each.",
+    );
+    let first = collect(h.submit(req(p.clone(), o.clone())).unwrap());
+    assert_eq!(first.usage.unwrap().cached_tokens, 0);
+    let again = collect(h.submit(req(p.clone(), o.clone())).unwrap());
+    assert!(
+        again.usage.unwrap().cached_tokens > 0,
+        "the base request reuses its own prefix"
+    );
+    let mut r = req(p.clone(), o.clone());
+    r.adapter = Some(served[0].clone());
+    let with_adapter = collect(h.submit(r).unwrap());
+    assert_eq!(with_adapter.usage.unwrap().cached_tokens, 0);
+    let mut r = req(p, o);
+    r.adapter = Some(served[0].clone());
+    assert!(collect(h.submit(r).unwrap()).usage.unwrap().cached_tokens > 0);
     engine.shutdown();
 }

@@ -79,19 +79,19 @@ impl Llama2cConfig {
             seq_len: seq_len as usize,
             shared_classifier: vocab > 0,
         };
-        if c.dim % c.n_heads != 0 {
+        if !c.dim.is_multiple_of(c.n_heads) {
             return Err(bad(format!(
                 "n_heads {} does not divide dim {}",
                 c.n_heads, c.dim
             )));
         }
-        if c.n_kv_heads > c.n_heads || c.n_heads % c.n_kv_heads != 0 {
+        if c.n_kv_heads > c.n_heads || !c.n_heads.is_multiple_of(c.n_kv_heads) {
             return Err(bad(format!(
                 "n_kv_heads {} does not divide n_heads {}",
                 c.n_kv_heads, c.n_heads
             )));
         }
-        if c.head_size() % 2 != 0 {
+        if !c.head_size().is_multiple_of(2) {
             return Err(bad(format!(
                 "head size {} is odd; RoPE needs pairs",
                 c.head_size()

@@ -106,7 +106,7 @@ impl ModelConfig {
         let head_dim = g
             .get_u64(&key("attention.key_length"))
             .map(|v| v as usize)
-            .unwrap_or(if heads > 0 { hidden / heads } else { 0 });
+            .unwrap_or(hidden.checked_div(heads).unwrap_or(0));
         let vocab = match g.get_u64(&key("vocab_size")) {
             Some(v) => v as usize,
             None => g
@@ -212,7 +212,7 @@ impl ModelConfig {
             num_hidden_layers: req("num_hidden_layers")?,
             num_attention_heads: heads,
             num_key_value_heads: u("num_key_value_heads").unwrap_or(heads),
-            head_dim: u("head_dim").unwrap_or(if heads > 0 { hidden / heads } else { 0 }),
+            head_dim: u("head_dim").unwrap_or(hidden.checked_div(heads).unwrap_or(0)),
             vocab_size: req("vocab_size")?,
             rms_norm_eps: j.get("rms_norm_eps").and_then(Json::as_f64).unwrap_or(1e-6),
             rope_theta: j
@@ -245,11 +245,13 @@ impl ModelConfig {
         }
         if self.num_attention_heads == 0
             || self.num_key_value_heads == 0
-            || self.num_attention_heads % self.num_key_value_heads != 0
+            || !self
+                .num_attention_heads
+                .is_multiple_of(self.num_key_value_heads)
         {
             return bad("num_attention_heads must be a positive multiple of num_key_value_heads");
         }
-        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             return bad("head_dim must be positive and even");
         }
         Ok(self)

@@ -54,6 +54,13 @@ fn tiled_matmul_t(x: &Tensor, w: &Tensor, invariant: bool) -> Result<Tensor> {
     in_row_tiles(x, |tile| Ok(tile.matmul(&wt)?))
 }
 
+/// `scale · B (A x)` for the rows of `x`. Row by row the product is the same whatever the batch with
+/// `invariant`: (x Aᵀ) and its product with Bᵀ are small GEMMs per row tile.
+fn lora_update(x: &Tensor, l: &crate::lora::LoraDelta, invariant: bool) -> Result<Tensor> {
+    let xa = tiled_matmul_t(x, &l.a, invariant)?;
+    Ok((tiled_matmul_t(&xa, &l.b, invariant)? * l.scale)?)
+}
+
 /// Applies `f` to `x` in tiles of [`INVARIANT_TILE`] rows (the last one zero-padded) and joins the results:
 /// every row then meets a kernel of one fixed shape, whatever the number of rows.
 fn in_row_tiles(x: &Tensor, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
@@ -147,32 +154,65 @@ impl Linear {
             None => y,
         };
         Ok(match &self.lora {
-            // Row by row the product is the same whatever the batch: (x Aᵀ) is a small GEMM per row tile.
             Some(l) => {
                 let x = if l.dropout > 0.0 {
                     dropout(x, l.dropout)?
                 } else {
                     x.clone()
                 };
-                let xa = tiled_matmul_t(&x, &l.a, invariant)?;
-                (y + (tiled_matmul_t(&xa, &l.b, invariant)? * l.scale)?)?
+                (y + lora_update(&x, l, invariant)?)?
             }
             None => y,
         })
     }
 
+    /// The batched serving pass: [`Linear::forward_invariant`] over every row, plus, for each `(first row,
+    /// rows, update)` in `per_rows` (ascending, disjoint), that LoRA update on those rows only. Rows of
+    /// different adapters, and rows of none, so share the base product.
+    pub(crate) fn forward_rows(
+        &self,
+        x: &Tensor,
+        per_rows: &[(usize, usize, &crate::lora::LoraDelta)],
+    ) -> Result<Tensor> {
+        let y = self.forward_mode(x, true)?;
+        if per_rows.is_empty() {
+            return Ok(y);
+        }
+        let rows = y.dim(0)?;
+        let mut parts = Vec::with_capacity(2 * per_rows.len() + 1);
+        let mut at = 0;
+        for &(start, n, d) in per_rows {
+            if start > at {
+                parts.push(y.narrow(0, at, start - at)?);
+            }
+            let xs = x.narrow(0, start, n)?;
+            parts.push((y.narrow(0, start, n)? + lora_update(&xs, d, true)?)?);
+            at = start + n;
+        }
+        if at < rows {
+            parts.push(y.narrow(0, at, rows - at)?);
+        }
+        Ok(Tensor::cat(&parts, 0)?)
+    }
+
+    /// Checks a LoRA update's shapes against this layer.
+    pub(crate) fn check_lora(&self, l: &crate::lora::LoraDelta, name: &str) -> Result<()> {
+        let (r, inp) = l.a.dims2()?;
+        let (out, rb) = l.b.dims2()?;
+        if inp != self.in_features || out != self.out_features || r != rb {
+            return Err(ModelError::BadShape {
+                name: format!("{name} LoRA A/B"),
+                expected: vec![self.out_features, self.in_features],
+                actual: vec![out, inp],
+            });
+        }
+        Ok(())
+    }
+
     /// Attaches (or with `None` removes) a LoRA update; checks its shapes against the layer.
     pub fn set_lora(&mut self, lora: Option<crate::lora::LoraDelta>, name: &str) -> Result<()> {
         if let Some(l) = &lora {
-            let (r, inp) = l.a.dims2()?;
-            let (out, rb) = l.b.dims2()?;
-            if inp != self.in_features || out != self.out_features || r != rb {
-                return Err(ModelError::BadShape {
-                    name: format!("{name} LoRA A/B"),
-                    expected: vec![self.out_features, self.in_features],
-                    actual: vec![out, inp],
-                });
-            }
+            self.check_lora(l, name)?;
         }
         self.lora = lora;
         Ok(())

@@ -17,7 +17,7 @@ pub mod weights;
 pub use config::{Arch, ModelConfig, RopeScaling, RopeStyle};
 pub use error::ModelError;
 pub use kv_cache::KvCache;
-pub use lora::LoraAdapter;
+pub use lora::{LoraAdapter, ServedAdapter};
 pub use paged::{PagedKvCache, SeqSlice};
 pub use transformer::{Logits, LoraTarget, Transformer};
 pub use weights::{ModelFormat, WeightInfo};

@@ -192,6 +192,75 @@ impl LoraAdapter {
     }
 }
 
+/// The projections of a decoder layer LoRA can adapt, in the order [`ServedAdapter`] stores them.
+pub const PROJECTIONS: [&str; 7] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
+
+/// Indices into [`PROJECTIONS`].
+pub(crate) mod slot {
+    pub const Q: usize = 0;
+    pub const K: usize = 1;
+    pub const V: usize = 2;
+    pub const O: usize = 3;
+    pub const GATE: usize = 4;
+    pub const UP: usize = 5;
+    pub const DOWN: usize = 6;
+}
+
+/// An adapter prepared for one model ([`crate::Transformer::prepare_adapter`]), chosen per sequence in a batched
+/// forward pass ([`crate::SeqSlice::adapter`]), so sequences with different adapters, and none, share one batch
+/// over the one frozen base (Sheng et al. 2023, "S-LoRA"). The model itself is not changed.
+pub struct ServedAdapter {
+    id: u64,
+    path: PathBuf,
+    /// Per layer, per [`PROJECTIONS`] slot: the update, B's rows already in the model's layout.
+    pub(crate) layers: Vec<[Option<LoraDelta>; 7]>,
+}
+
+static NEXT_ADAPTER_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+impl ServedAdapter {
+    pub(crate) fn new(path: PathBuf, layers: Vec<[Option<LoraDelta>; 7]>) -> ServedAdapter {
+        ServedAdapter {
+            id: NEXT_ADAPTER_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            path,
+            layers,
+        }
+    }
+
+    /// Unique for each preparation in this process: two adapters (or one loaded twice) never share an id, so it
+    /// can key caches of what the adapter computed (the serving prefix cache's keys and values).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The folder the adapter was read from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The update of projection `slot` of `layer`, if the adapter targets it.
+    pub(crate) fn delta(&self, layer: usize, slot: usize) -> Option<&LoraDelta> {
+        self.layers.get(layer).and_then(|l| l[slot].as_ref())
+    }
+}
+
+impl std::fmt::Debug for ServedAdapter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServedAdapter")
+            .field("id", &self.id)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
 /// `base_model.model.model.layers.0.mlp.up_proj.lora_A.weight` → (`model.layers.0.mlp.up_proj`, 'A').
 /// Also accepts names with an adapter name (`lora_A.default.weight`) or without the PEFT prefix.
 fn split_name(name: &str) -> Option<(String, char)> {

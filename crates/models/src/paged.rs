@@ -27,6 +27,9 @@ pub struct SeqSlice<'a> {
     pub start: usize,
     pub block_table: &'a [u32],
     pub logits: crate::Logits,
+    /// A LoRA adapter for this sequence's rows only (none: the base model). Its keys and values differ from
+    /// the base model's, so a cache of them must be kept per adapter.
+    pub adapter: Option<&'a crate::lora::ServedAdapter>,
 }
 
 impl PagedKvCache {

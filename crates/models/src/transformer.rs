@@ -10,7 +10,9 @@ use baimo_formats::safetensors::SafeTensorsFiles;
 use candle_core::{Device, Tensor};
 
 use crate::layers::{softmax_last_dim, Embedding, Linear, RmsNorm, Rope};
-use crate::lora::{permute_rows_for_interleaved_rope, LoraAdapter};
+use crate::lora::{
+    permute_rows_for_interleaved_rope, slot, LoraAdapter, LoraDelta, ServedAdapter, PROJECTIONS,
+};
 use crate::paged::{PagedKvCache, SeqSlice};
 use crate::weights::{ModelFormat, WeightSource};
 use crate::{Arch, KvCache, ModelConfig, ModelError, Result, RopeScaling, RopeStyle};
@@ -68,22 +70,16 @@ impl Attention {
         kv: &mut Kv,
     ) -> Result<Tensor> {
         let seq = x.dim(0)?;
-        let invariant = matches!(kv, Kv::Paged(..));
-        let proj = |l: &Linear| {
-            if invariant {
-                l.forward_invariant(x)
-            } else {
-                l.forward(x)
-            }
-        };
+        let batch = kv.batch();
+        let proj = |l: &Linear, slot: usize| project(l, x, layer, slot, batch);
         let heads = |t: Tensor, n: usize| -> Result<Tensor> {
             Ok(t.reshape((seq, n, self.head_dim))?
                 .transpose(0, 1)?
                 .contiguous()?)
         };
-        let mut q = heads(proj(&self.q_proj)?, self.n_heads)?;
-        let mut k = heads(proj(&self.k_proj)?, self.n_kv_heads)?;
-        let v = heads(proj(&self.v_proj)?, self.n_kv_heads)?;
+        let mut q = heads(proj(&self.q_proj, slot::Q)?, self.n_heads)?;
+        let mut k = heads(proj(&self.k_proj, slot::K)?, self.n_kv_heads)?;
+        let v = heads(proj(&self.v_proj, slot::V)?, self.n_kv_heads)?;
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
             q = qn.forward(&q)?;
             k = kn.forward(&k)?;
@@ -112,11 +108,7 @@ impl Attention {
                 Tensor::from_vec(out, (seq, self.n_heads * self.head_dim), &Device::Cpu)?
             }
         };
-        if invariant {
-            self.o_proj.forward_invariant(&out)
-        } else {
-            self.o_proj.forward(&out)
-        }
+        project(&self.o_proj, &out, layer, slot::O, batch)
     }
 
     /// Causal softmax attention of `q` (heads, seq, hd) at positions `start..` over `k_all`, `v_all`
@@ -162,6 +154,40 @@ enum Kv<'a, 'b> {
     Paged(&'a mut PagedKvCache, &'a [SeqSlice<'b>]),
 }
 
+impl<'a, 'b> Kv<'a, 'b> {
+    /// The sequences of a batched pass (whose rows may each have their own adapter).
+    fn batch(&self) -> Option<&'a [SeqSlice<'b>]> {
+        match self {
+            Kv::Paged(_, seqs) => Some(*seqs),
+            _ => None,
+        }
+    }
+}
+
+/// A projection of `x`. In a batched pass ([`Kv::Paged`]): batch-invariant, with each sequence's own adapter
+/// (if any) added to its rows; otherwise the plain product (with the adapter attached by `set_adapter`).
+fn project(
+    l: &Linear,
+    x: &Tensor,
+    layer: usize,
+    slot: usize,
+    batch: Option<&[SeqSlice]>,
+) -> Result<Tensor> {
+    let Some(seqs) = batch else {
+        return l.forward(x);
+    };
+    let mut per_rows = Vec::new();
+    let mut row = 0;
+    for s in seqs {
+        let n = s.tokens.len();
+        if let Some(d) = s.adapter.and_then(|a| a.delta(layer, slot)) {
+            per_rows.push((row, n, d));
+        }
+        row += n;
+    }
+    l.forward_rows(x, &per_rows)
+}
+
 /// 0 where query i (absolute position start+i) may attend key j, -inf after it.
 fn causal_mask(seq: usize, start: usize, total: usize) -> Result<Tensor> {
     let mask: Vec<f32> = (0..seq)
@@ -194,18 +220,11 @@ impl Mlp {
             down_proj: Linear::load(src, &format!("{p}.down_proj"), h, i, false)?,
         })
     }
-    /// `invariant`: see [`Linear::forward_invariant`].
-    fn forward(&self, x: &Tensor, invariant: bool) -> Result<Tensor> {
-        let lin = |l: &Linear, x: &Tensor| {
-            if invariant {
-                l.forward_invariant(x)
-            } else {
-                l.forward(x)
-            }
-        };
-        let g = lin(&self.gate_proj, x)?.silu()?;
-        let u = lin(&self.up_proj, x)?;
-        lin(&self.down_proj, &(g * u)?)
+    /// `batch`: see [`project`].
+    fn forward(&self, x: &Tensor, layer: usize, batch: Option<&[SeqSlice]>) -> Result<Tensor> {
+        let g = project(&self.gate_proj, x, layer, slot::GATE, batch)?.silu()?;
+        let u = project(&self.up_proj, x, layer, slot::UP, batch)?;
+        project(&self.down_proj, &(g * u)?, layer, slot::DOWN, batch)
     }
 }
 
@@ -231,6 +250,34 @@ impl DecoderLayer {
             )?,
             mlp: Mlp::load(src, &format!("{p}.mlp"), cfg)?,
         })
+    }
+}
+
+impl DecoderLayer {
+    /// The projections in [`PROJECTIONS`] order.
+    fn projections(&self) -> [&Linear; 7] {
+        let (a, m) = (&self.self_attn, &self.mlp);
+        [
+            &a.q_proj,
+            &a.k_proj,
+            &a.v_proj,
+            &a.o_proj,
+            &m.gate_proj,
+            &m.up_proj,
+            &m.down_proj,
+        ]
+    }
+    fn projections_mut(&mut self) -> [&mut Linear; 7] {
+        let (a, m) = (&mut self.self_attn, &mut self.mlp);
+        [
+            &mut a.q_proj,
+            &mut a.k_proj,
+            &mut a.v_proj,
+            &mut a.o_proj,
+            &mut m.gate_proj,
+            &mut m.up_proj,
+            &mut m.down_proj,
+        ]
     }
 }
 
@@ -313,21 +360,9 @@ impl Transformer {
 
     /// True when every linear layer is float, so gradients flow through the whole decoder.
     pub fn is_float(&self) -> bool {
-        self.layers.iter().all(|l| {
-            let a = &l.self_attn;
-            let m = &l.mlp;
-            [
-                &a.q_proj,
-                &a.k_proj,
-                &a.v_proj,
-                &a.o_proj,
-                &m.gate_proj,
-                &m.up_proj,
-                &m.down_proj,
-            ]
+        self.layers
             .iter()
-            .all(|x| x.is_float())
-        })
+            .all(|l| l.projections().iter().all(|x| x.is_float()))
     }
 
     pub fn from_hf_dir(dir: &Path) -> Result<Transformer> {
@@ -367,58 +402,63 @@ impl Transformer {
     /// Applies a LoRA adapter to the projections it targets (replacing any adapter set before), or with
     /// `None` restores the base model. The base weights are not touched.
     pub fn set_adapter(&mut self, adapter: Option<&LoraAdapter>) -> Result<()> {
-        let interleaved = self.cfg.rope_style == RopeStyle::Interleaved;
-        let (nq, nkv) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads);
-        let mut used = 0;
+        let prepared = adapter.map(|ad| self.prepare_adapter(ad)).transpose()?;
         for (i, layer) in self.layers.iter_mut().enumerate() {
-            let a = &mut layer.self_attn;
-            let m = &mut layer.mlp;
-            let slots: [(&str, &mut Linear, Option<usize>); 7] = [
-                ("self_attn.q_proj", &mut a.q_proj, Some(nq)),
-                ("self_attn.k_proj", &mut a.k_proj, Some(nkv)),
-                ("self_attn.v_proj", &mut a.v_proj, None),
-                ("self_attn.o_proj", &mut a.o_proj, None),
-                ("mlp.gate_proj", &mut m.gate_proj, None),
-                ("mlp.up_proj", &mut m.up_proj, None),
-                ("mlp.down_proj", &mut m.down_proj, None),
-            ];
-            for (name, linear, heads) in slots {
-                let path = format!("model.layers.{i}.{name}");
-                let delta = match adapter.and_then(|ad| ad.delta(&path)) {
-                    Some(d) => {
-                        used += 1;
-                        let mut d = d.clone();
-                        if let (true, Some(h)) = (interleaved, heads) {
-                            d.b = permute_rows_for_interleaved_rope(&d.b, h)?;
-                        }
-                        Some(d)
-                    }
-                    None => None,
-                };
-                linear.set_lora(delta, &path)?;
-            }
-        }
-        if let Some(ad) = adapter {
-            let total = ad.modules().count();
-            if used != total {
-                let unknown: Vec<&str> = ad
-                    .modules()
-                    .filter(|m| {
-                        !(0..self.layers.len())
-                            .any(|i| m.starts_with(&format!("model.layers.{i}.")))
-                    })
-                    .take(3)
-                    .collect();
-                self.set_adapter(None)?;
-                return Err(ModelError::BadConfig(format!(
-                    "{}: {} of the adapter's {total} modules are not projections of this model (e.g. {unknown:?})",
-                    ad.path.display(),
-                    total - used
-                )));
+            for (s, linear) in layer.projections_mut().into_iter().enumerate() {
+                let delta = prepared.as_ref().and_then(|p| p.delta(i, s).cloned());
+                linear.set_lora(delta, &format!("model.layers.{i}.{}", PROJECTIONS[s]))?;
             }
         }
         Ok(())
     }
+
+    /// Checks an adapter against this model and lays it out for per-sequence use in
+    /// [`Transformer::forward_paged`] ([`SeqSlice::adapter`]): every module it holds must be a projection of
+    /// this model with matching shapes, and B's rows follow llama.cpp's q/k permutation where the file has it.
+    pub fn prepare_adapter(&self, ad: &LoraAdapter) -> Result<ServedAdapter> {
+        let interleaved = self.cfg.rope_style == RopeStyle::Interleaved;
+        let (nq, nkv) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads);
+        let mut used = 0;
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for (i, layer) in self.layers.iter().enumerate() {
+            let mut slots: [Option<LoraDelta>; 7] = Default::default();
+            for (s, linear) in layer.projections().into_iter().enumerate() {
+                let path = format!("model.layers.{i}.{}", PROJECTIONS[s]);
+                let Some(d) = ad.delta(&path) else { continue };
+                used += 1;
+                let mut d = d.clone();
+                let heads = match s {
+                    slot::Q => Some(nq),
+                    slot::K => Some(nkv),
+                    _ => None,
+                };
+                if let (true, Some(h)) = (interleaved, heads) {
+                    d.b = permute_rows_for_interleaved_rope(&d.b, h)?;
+                }
+                linear.check_lora(&d, &path)?;
+                slots[s] = Some(d);
+            }
+            layers.push(slots);
+        }
+        let total = ad.modules().count();
+        if used != total {
+            let known: Vec<String> = (0..self.layers.len())
+                .flat_map(|i| PROJECTIONS.map(|p| format!("model.layers.{i}.{p}")))
+                .collect();
+            let unknown: Vec<&str> = ad
+                .modules()
+                .filter(|m| !known.iter().any(|k| k == m))
+                .take(3)
+                .collect();
+            return Err(ModelError::BadConfig(format!(
+                "{}: {} of the adapter's {total} modules are not projections of this model (e.g. {unknown:?})",
+                ad.path.display(),
+                total - used
+            )));
+        }
+        Ok(ServedAdapter::new(ad.path.clone(), layers))
+    }
+
     pub fn format(&self) -> ModelFormat {
         self.format
     }
@@ -462,19 +502,16 @@ impl Transformer {
     /// this model's rope layout is llama.cpp's interleaved one).
     pub fn lora_targets(&self) -> Vec<LoraTarget> {
         let interleaved = self.cfg.rope_style == RopeStyle::Interleaved;
+        let (nq, nkv) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads);
         let mut out = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
-            let a = &layer.self_attn;
-            let m = &layer.mlp;
-            for (name, l, heads) in [
-                ("self_attn.q_proj", &a.q_proj, Some(a.n_heads)),
-                ("self_attn.k_proj", &a.k_proj, Some(a.n_kv_heads)),
-                ("self_attn.v_proj", &a.v_proj, None),
-                ("self_attn.o_proj", &a.o_proj, None),
-                ("mlp.gate_proj", &m.gate_proj, None),
-                ("mlp.up_proj", &m.up_proj, None),
-                ("mlp.down_proj", &m.down_proj, None),
-            ] {
+            for (s, l) in layer.projections().into_iter().enumerate() {
+                let name = PROJECTIONS[s];
+                let heads = match s {
+                    slot::Q => Some(nq),
+                    slot::K => Some(nkv),
+                    _ => None,
+                };
                 out.push(LoraTarget {
                     path: format!("model.layers.{i}.{name}"),
                     short: name.rsplit('.').next().unwrap_or(name).to_string(),
@@ -500,16 +537,15 @@ impl Transformer {
             .ok()
             .and_then(|i| self.layers.get_mut(i))
             .ok_or_else(|| ModelError::BadConfig(format!("no layer in {path}")))?;
-        let linear = match name {
-            "self_attn.q_proj" => &mut layer.self_attn.q_proj,
-            "self_attn.k_proj" => &mut layer.self_attn.k_proj,
-            "self_attn.v_proj" => &mut layer.self_attn.v_proj,
-            "self_attn.o_proj" => &mut layer.self_attn.o_proj,
-            "mlp.gate_proj" => &mut layer.mlp.gate_proj,
-            "mlp.up_proj" => &mut layer.mlp.up_proj,
-            "mlp.down_proj" => &mut layer.mlp.down_proj,
-            _ => return Err(ModelError::BadConfig(format!("not a projection: {path}"))),
-        };
+        let s = PROJECTIONS
+            .iter()
+            .position(|p| *p == name)
+            .ok_or_else(|| ModelError::BadConfig(format!("not a projection: {path}")))?;
+        let linear = layer
+            .projections_mut()
+            .into_iter()
+            .nth(s)
+            .expect("7 projections");
         linear.set_lora(delta, path)
     }
 
@@ -573,7 +609,7 @@ impl Transformer {
     /// The decoder stack: embeddings, then each layer's attention and MLP blocks with residuals.
     /// Returns the last hidden states, (tokens, hidden), before the final norm.
     fn decode(&self, tokens: &[u32], positions: &[usize], kv: &mut Kv) -> Result<Tensor> {
-        let invariant = matches!(kv, Kv::Paged(..));
+        let batch = kv.batch();
         let ids = Tensor::new(tokens, &Device::Cpu)?;
         let mut x = self.embed_tokens.forward(&ids)?;
         let cs = self.rope.tables_at(positions)?;
@@ -582,7 +618,7 @@ impl Transformer {
             let h = layer.self_attn.forward(&h, i, &self.rope, &cs, kv)?;
             x = (x + h)?;
             let h = layer.post_attention_layernorm.forward(&x)?;
-            x = (&x + layer.mlp.forward(&h, invariant)?)?;
+            x = (&x + layer.mlp.forward(&h, i, batch)?)?;
         }
         Ok(x)
     }

@@ -20,7 +20,7 @@ fn peft_adapters_match_peft_logits() {
         let model = a["model"].as_str().unwrap();
         let adapter = LoraAdapter::load(&fixtures().join(a["dir"].as_str().unwrap())).unwrap();
         let hf = Transformer::from_hf_dir(&fixtures().join(format!("tiny/{model}/hf"))).unwrap();
-        let g = GgufFile::open(&fixtures().join(format!("tiny/{model}/{model}-F32.gguf"))).unwrap();
+        let g = GgufFile::open(fixtures().join(format!("tiny/{model}/{model}-F32.gguf"))).unwrap();
         let gguf = Transformer::from_gguf(&g).unwrap();
         for (label, mut m) in [("safetensors", hf), ("gguf-F32", gguf)] {
             m.set_adapter(Some(&adapter)).unwrap();
@@ -71,8 +71,95 @@ fn malformed_adapters_are_errors() {
     )
     .unwrap();
     let ad = LoraAdapter::load(&dir).unwrap();
-    let g = GgufFile::open(&fixtures().join("tiny/llama-q/llama-q-Q8_0.gguf")).unwrap();
+    let g = GgufFile::open(fixtures().join("tiny/llama-q/llama-q-Q8_0.gguf")).unwrap();
     let mut m = Transformer::from_gguf(&g).unwrap();
     assert!(m.set_adapter(Some(&ad)).is_err());
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Served adapters: sequences with different adapters, and none, in one batched pass over the unchanged base;
+/// each gives PEFT's logits for its own adapter, and the same bits as when it runs alone.
+#[test]
+fn mixed_adapter_batches_match_peft() {
+    use baimo_models::{Logits, PagedKvCache, SeqSlice};
+    let text = std::fs::read_to_string(fixtures().join("tiny/lora-manifest.json")).unwrap();
+    let man: Value = serde_json::from_str(&text).unwrap();
+    let prompts: Vec<Vec<u32>> = serde_json::from_value(man["prompts"].clone()).unwrap();
+    let adapters = man["adapters"].as_array().unwrap();
+    let to_vec = |t: &candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    for model in ["llama-gqa", "qwen2-gqa"] {
+        let mine: Vec<&Value> = adapters.iter().filter(|a| a["model"] == model).collect();
+        assert_eq!(mine.len(), 2, "{model}: two reference adapters");
+        let hf = Transformer::from_hf_dir(&fixtures().join(format!("tiny/{model}/hf"))).unwrap();
+        let g = GgufFile::open(fixtures().join(format!("tiny/{model}/{model}-F32.gguf"))).unwrap();
+        let gguf = Transformer::from_gguf(&g).unwrap();
+        for (label, m) in [("safetensors", hf), ("gguf-F32", gguf)] {
+            let served: Vec<_> = mine
+                .iter()
+                .map(|a| {
+                    let ad =
+                        LoraAdapter::load(&fixtures().join(a["dir"].as_str().unwrap())).unwrap();
+                    m.prepare_adapter(&ad).unwrap()
+                })
+                .collect();
+            assert_ne!(served[0].id(), served[1].id());
+            // (prompt, adapter index or none), all in one batch.
+            let plan: [(usize, Option<usize>); 4] =
+                [(2, Some(0)), (1, None), (0, Some(1)), (2, Some(1))];
+            let tables: Vec<Vec<u32>> = (0..plan.len() as u32)
+                .map(|s| (0..4).map(|b| b * plan.len() as u32 + s).collect())
+                .collect();
+            let slices: Vec<SeqSlice> = plan
+                .iter()
+                .zip(&tables)
+                .map(|(&(p, a), t)| SeqSlice {
+                    tokens: &prompts[p],
+                    start: 0,
+                    block_table: t,
+                    logits: Logits::All,
+                    adapter: a.map(|i| &served[i]),
+                })
+                .collect();
+            let mut pool = PagedKvCache::new(m.config(), 8, 16).unwrap();
+            let batch = m.forward_paged(&slices, &mut pool).unwrap();
+            for (k, (&(p, a), got)) in plan.iter().zip(&batch).enumerate() {
+                let want = match a {
+                    Some(i) => read_f32(mine[i]["logits"][p].as_str().unwrap()),
+                    None => read_f32(&format!("tiny/{model}/logits/hf-p{p}.f32")),
+                };
+                let got = to_vec(got);
+                let e = rel_err(&got, &want);
+                println!("{model} {label}: prompt {p} adapter {a:?}: max|err|/range {e:.1e}");
+                assert!(e < 1e-4, "{model} {label} prompt {p} adapter {a:?}: {e}");
+                // Alone in its own pass: the same bits.
+                let mut pool = PagedKvCache::new(m.config(), 8, 16).unwrap();
+                let alone = m.forward_paged(&slices[k..k + 1], &mut pool).unwrap();
+                assert_eq!(
+                    to_vec(&alone[0]),
+                    got,
+                    "{model} {label}: batch invariance of row {k}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn adapters_for_another_model_are_refused() {
+    // Same module names, other widths: a shape error naming the module, for both ways of applying it.
+    let mut other = Transformer::from_hf_dir(&fixtures().join("tiny/llama-mha-rope3/hf")).unwrap();
+    let ad = LoraAdapter::load(&fixtures().join("tiny/llama-gqa/lora-all")).unwrap();
+    let e = other
+        .prepare_adapter(&ad)
+        .expect_err("a mismatched adapter")
+        .to_string();
+    assert!(
+        e.contains("model.layers.0.self_attn.k_proj LoRA A/B"),
+        "{e}"
+    );
+    let e = other
+        .set_adapter(Some(&ad))
+        .expect_err("a mismatched adapter")
+        .to_string();
+    assert!(e.contains("LoRA"), "{e}");
 }

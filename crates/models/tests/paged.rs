@@ -13,7 +13,7 @@ fn fixture(rel: &str) -> PathBuf {
 }
 
 fn load(rel: &str) -> Transformer {
-    let g = GgufFile::open(&fixture(rel)).unwrap();
+    let g = GgufFile::open(fixture(rel)).unwrap();
     Transformer::from_gguf(&g).unwrap()
 }
 
@@ -70,6 +70,7 @@ fn paged_matches_contiguous() {
                 start: pos,
                 block_table: table,
                 logits: Logits::All,
+                adapter: None,
             };
             got.extend(to_vec(&m.forward_paged(&[s], &mut pool).unwrap()[0]));
             pos += chunk.len();
@@ -120,6 +121,7 @@ fn batch_invariance() {
                     start: 0,
                     block_table: &t[0],
                     logits: Logits::Last,
+                    adapter: None,
                 }],
                 &mut pool,
             )
@@ -136,12 +138,14 @@ fn batch_invariance() {
                         start: 0,
                         block_table: &t[1],
                         logits: Logits::Last,
+                        adapter: None,
                     },
                     SeqSlice {
                         tokens: &a[..11],
                         start: 0,
                         block_table: &t[0],
                         logits: Logits::Last,
+                        adapter: None,
                     },
                 ],
                 &mut pool,
@@ -156,18 +160,21 @@ fn batch_invariance() {
                         start: 0,
                         block_table: &t[2],
                         logits: Logits::All,
+                        adapter: None,
                     },
                     SeqSlice {
                         tokens: &a[11..],
                         start: 11,
                         block_table: &t[0],
                         logits: Logits::Last,
+                        adapter: None,
                     },
                     SeqSlice {
                         tokens: &b[..1],
                         start: 17,
                         block_table: &t[1],
                         logits: Logits::Last,
+                        adapter: None,
                     },
                 ],
                 &mut pool,
@@ -200,6 +207,7 @@ fn bad_block_tables_are_errors() {
         start: 0,
         block_table: &[0],
         logits: Logits::Last,
+        adapter: None,
     };
     assert!(m.forward_paged(&[short], &mut pool).is_err());
     let outside = SeqSlice {
@@ -207,6 +215,7 @@ fn bad_block_tables_are_errors() {
         start: 0,
         block_table: &[0, 99],
         logits: Logits::Last,
+        adapter: None,
     };
     assert!(m.forward_paged(&[outside], &mut pool).is_err());
     let bad_id = SeqSlice {
@@ -214,6 +223,7 @@ fn bad_block_tables_are_errors() {
         start: 0,
         block_table: &[0],
         logits: Logits::Last,
+        adapter: None,
     };
     assert!(m.forward_paged(&[bad_id], &mut pool).is_err());
     assert!(m.forward_paged(&[], &mut pool).is_err());

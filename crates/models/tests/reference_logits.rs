@@ -141,7 +141,7 @@ fn float_gguf_matches_transformers() {
             let Some(f) = m["gguf"].get(ty).and_then(Value::as_str) else {
                 continue;
             };
-            let g = GgufFile::open(&fixtures().join(f)).unwrap();
+            let g = GgufFile::open(fixtures().join(f)).unwrap();
             let model = Transformer::from_gguf(&g).unwrap();
             check(&format!("{} GGUF {ty}", m["name"]), &model, m, refs, tol);
             n += 1;
@@ -210,7 +210,7 @@ fn quantized_gguf_matches_llama_cpp() {
             let f = m["gguf"][ty]
                 .as_str()
                 .unwrap_or_else(|| panic!("gguf file for {ty}"));
-            let g = GgufFile::open(&fixtures().join(f)).unwrap();
+            let g = GgufFile::open(fixtures().join(f)).unwrap();
             let model = Transformer::from_gguf(&g).unwrap();
             if let Some(hf) = m.get("hf_logits").and_then(Value::as_array) {
                 // Context only (not asserted): how far both engines are from the float32 model.

@@ -31,7 +31,8 @@ pub async fn chat_completions(
     }
     let req: ChatRequest = body.parse(&headers)?;
     let plan = validate::chat(req)?;
-    let model = state.model(plan.common.model.as_deref())?;
+    let route = state.route(plan.common.model.as_deref())?;
+    let model = route.served;
     let prompt = chat_prompt(&model.model, &plan.messages)?;
     let ctx = model.ctx();
     if prompt.len() > ctx {
@@ -51,11 +52,11 @@ pub async fn chat_completions(
         })
         .collect();
     let in_flight = InFlight::new(&state);
-    let seqs = gen::submit(&state, model, jobs, start)?;
+    let seqs = gen::submit(&state, &route, jobs, start)?;
     let head = Head {
         id: new_id("chatcmpl-"),
         created: unix_now(),
-        model: model.id.clone(),
+        model: route.id(),
         fingerprint: state.fingerprint.clone(),
     };
     let logprobs = common.opts.logprobs.is_some();

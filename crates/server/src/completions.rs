@@ -44,7 +44,8 @@ pub async fn completions(
     }
     let req: CompletionRequest = body.parse(&headers)?;
     let plan = validate::completion(req)?;
-    let model = state.model(plan.common.model.as_deref())?;
+    let route = state.route(plan.common.model.as_deref())?;
+    let model = route.served;
     let lm = &model.model;
     let ctx = model.ctx();
     let prompts = plan
@@ -88,11 +89,11 @@ pub async fn completions(
         }
     }
     let in_flight = InFlight::new(&state);
-    let seqs = gen::submit(&state, model, jobs, start)?;
+    let seqs = gen::submit(&state, &route, jobs, start)?;
     let head = Head {
         id: new_id("cmpl-"),
         created: unix_now(),
-        model: model.id.clone(),
+        model: route.id(),
         fingerprint: state.fingerprint.clone(),
     };
     let choices_n = prompts.len() * n;

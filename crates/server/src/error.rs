@@ -25,6 +25,15 @@ pub enum ApiError {
     Unauthorized,
     #[error("the model `{0}` does not exist")]
     ModelNotFound(String),
+    #[error("the model `{model}` has no adapter `{adapter}` (loaded: {})", if loaded.is_empty() { "none".to_string() } else { loaded.join(", ") })]
+    AdapterNotFound {
+        model: String,
+        adapter: String,
+        loaded: Vec<String>,
+    },
+    /// The request conflicts with the server's state (an adapter name already in use).
+    #[error("{0}")]
+    Conflict(String),
     #[error("no route for {method} {path}")]
     RouteNotFound { method: String, path: String },
     #[error("method {method} is not allowed for {path}")]
@@ -81,7 +90,10 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::ModelNotFound(_) | ApiError::RouteNotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::ModelNotFound(_)
+            | ApiError::AdapterNotFound { .. }
+            | ApiError::RouteNotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -98,9 +110,12 @@ impl ApiError {
             | ApiError::ContextLengthExceeded { .. }
             | ApiError::MethodNotAllowed { .. }
             | ApiError::PayloadTooLarge { .. }
-            | ApiError::UnsupportedMediaType(_) => "invalid_request_error",
+            | ApiError::UnsupportedMediaType(_)
+            | ApiError::Conflict(_) => "invalid_request_error",
             ApiError::Unauthorized => "authentication_error",
-            ApiError::ModelNotFound(_) | ApiError::RouteNotFound { .. } => "not_found_error",
+            ApiError::ModelNotFound(_)
+            | ApiError::AdapterNotFound { .. }
+            | ApiError::RouteNotFound { .. } => "not_found_error",
             ApiError::QueueFull(_) => "rate_limit_error",
             ApiError::ShuttingDown => "service_unavailable_error",
             ApiError::Internal(_) => "server_error",
@@ -112,7 +127,10 @@ impl ApiError {
             ApiError::InvalidRequest { code, .. } => *code,
             ApiError::ContextLengthExceeded { .. } => Some("context_length_exceeded"),
             ApiError::Unauthorized => Some("invalid_api_key"),
-            ApiError::ModelNotFound(_) => Some("model_not_found"),
+            ApiError::ModelNotFound(_) | ApiError::AdapterNotFound { .. } => {
+                Some("model_not_found")
+            }
+            ApiError::Conflict(_) => Some("conflict"),
             ApiError::RouteNotFound { .. } => Some("unknown_url"),
             ApiError::MethodNotAllowed { .. } => Some("method_not_allowed"),
             ApiError::PayloadTooLarge { .. } => Some("request_too_large"),
@@ -127,7 +145,7 @@ impl ApiError {
         match self {
             ApiError::InvalidRequest { param, .. } => param.clone(),
             ApiError::ContextLengthExceeded { .. } => Some("messages".into()),
-            ApiError::ModelNotFound(_) => Some("model".into()),
+            ApiError::ModelNotFound(_) | ApiError::AdapterNotFound { .. } => Some("model".into()),
             _ => None,
         }
     }

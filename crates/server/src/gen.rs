@@ -19,7 +19,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::{ModelLabels, TokenClock};
 use crate::openai::Usage;
-use crate::state::{AppState, InFlight, ServedModel};
+use crate::state::{AppState, InFlight, Route};
 
 /// One submission: choice `index` of the response.
 pub struct Job {
@@ -41,24 +41,26 @@ pub struct Sequence {
 /// Submits every job; on the first refusal the sequences already submitted are dropped (and so cancelled).
 pub fn submit(
     state: &AppState,
-    model: &ServedModel,
+    route: &Route,
     jobs: Vec<Job>,
     start: Instant,
 ) -> ApiResult<Vec<Sequence>> {
-    let label = ModelLabels {
-        model: model.id.clone(),
-    };
+    let model = route.served;
+    let id = route.id();
+    let label = ModelLabels { model: id.clone() };
+    let adapter = route.adapter.as_ref().map(|a| a.served.clone());
     let mut seqs = Vec::with_capacity(jobs.len());
     for job in jobs {
         let rx = model.engine.submit(GenRequest {
             prompt: job.prompt,
             opts: job.opts,
             prompt_logprobs: job.prompt_logprobs,
+            adapter: adapter.clone(),
         })?;
         seqs.push(Sequence {
             index: job.index,
             rx,
-            clock: TokenClock::new(&state.metrics, &model.id, start),
+            clock: TokenClock::new(&state.metrics, &id, start),
             prompt_tokens: state.metrics.prompt_tokens.get_or_create(&label).clone(),
             completion_tokens: state
                 .metrics

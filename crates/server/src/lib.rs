@@ -1,10 +1,12 @@
 //! Baimo's OpenAI-compatible HTTP server: `/v1/chat/completions`, `/v1/completions`, `/v1/models`, `/health`,
-//! `/ready` and `/metrics` over one [`baimo_engine::ServingEngine`] per model.
+//! `/ready` and `/metrics` over one [`baimo_engine::ServingEngine`] per model, with LoRA adapters served over
+//! each model as `MODEL:ADAPTER` and managed at runtime under [`admin`].
 //!
 //! The layering follows TGI's router: [`validate`] turns requests into engine options (every rejection a 400
 //! naming the field), [`gen`] talks to the engine, [`error::ApiError`] maps every failure to a status and
 //! OpenAI's error JSON in one place, and [`routes`] wires it up.
 
+pub mod admin;
 pub mod chat;
 pub mod completions;
 pub mod error;

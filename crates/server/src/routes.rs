@@ -20,8 +20,8 @@ use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::error::{ApiError, ApiResult};
 use crate::openai::{ModelList, ModelObject};
-use crate::state::{AppState, ServedModel};
-use crate::{chat, completions, validate};
+use crate::state::{AppState, Route, ServedModel};
+use crate::{admin, chat, completions, validate};
 
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.cfg.max_body_bytes;
@@ -33,6 +33,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/admin/adapters", get(admin::list).post(admin::load))
+        .route(
+            "/admin/adapters/{*id}",
+            axum::routing::delete(admin::unload),
+        )
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(limit))
@@ -90,7 +95,14 @@ async fn front(State(state): State<Arc<AppState>>, req: Request, next: Next) -> 
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let route = route_label(&path);
-    let resp = if path.starts_with("/v1/") && !authorized(&state, req.headers()) {
+    let key = if path.starts_with("/admin/") {
+        state.cfg.admin_key.as_ref().or(state.cfg.api_key.as_ref())
+    } else if path.starts_with("/v1/") {
+        state.cfg.api_key.as_ref()
+    } else {
+        None
+    };
+    let resp = if key.is_some_and(|k| !authorized(k, req.headers())) {
         ApiError::Unauthorized.into_response()
     } else {
         next.run(req).await
@@ -100,10 +112,7 @@ async fn front(State(state): State<Arc<AppState>>, req: Request, next: Next) -> 
     resp
 }
 
-fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
-    let Some(key) = &state.cfg.api_key else {
-        return true;
-    };
+fn authorized(key: &str, headers: &HeaderMap) -> bool {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -131,6 +140,8 @@ fn route_label(path: &str) -> &'static str {
         "/ready" => "/ready",
         "/metrics" => "/metrics",
         p if p.starts_with("/v1/models/") => "/v1/models/{id}",
+        "/admin/adapters" => "/admin/adapters",
+        p if p.starts_with("/admin/adapters/") => "/admin/adapters/{id}",
         _ => "other",
     }
 }
@@ -182,13 +193,38 @@ fn model_object(m: &ServedModel) -> ModelObject {
         object: "model",
         created: m.created,
         owned_by: "baimo",
+        parent: None,
     }
 }
 
+fn route_object(r: &Route) -> ModelObject {
+    match &r.adapter {
+        None => model_object(r.served),
+        Some(a) => ModelObject {
+            id: r.id(),
+            object: "model",
+            created: a.created,
+            owned_by: "baimo",
+            parent: Some(r.served.id.clone()),
+        },
+    }
+}
+
+/// The models, each followed by its adapters (`MODEL:ADAPTER`, with `parent` naming the model).
 async fn list_models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
+    let mut data = Vec::new();
+    for m in &state.models {
+        data.push(model_object(m));
+        for a in m.adapters() {
+            data.push(route_object(&Route {
+                served: m,
+                adapter: Some(a),
+            }));
+        }
+    }
     Json(ModelList {
         object: "list",
-        data: state.models.iter().map(model_object).collect(),
+        data,
     })
 }
 
@@ -196,7 +232,7 @@ async fn get_model(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<ModelObject>> {
-    Ok(Json(model_object(state.model(Some(&id))?)))
+    Ok(Json(route_object(&state.route(Some(&id))?)))
 }
 
 async fn health() -> Json<serde_json::Value> {

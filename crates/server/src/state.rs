@@ -6,7 +6,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
 use baimo_engine::{EngineHandle, LoadedModel};
+use baimo_models::{LoraAdapter, ServedAdapter};
 use tokio::sync::Notify;
 
 use crate::error::{ApiError, ApiResult};
@@ -20,6 +25,30 @@ pub struct ServedModel {
     pub engine: EngineHandle,
     /// Unix time the model was loaded (OpenAI's `created`).
     pub created: u64,
+    /// LoRA adapters served over this model, by name; requests reach them as `model: "ID:NAME"`.
+    adapters: RwLock<BTreeMap<String, Adapter>>,
+}
+
+/// A LoRA adapter served over a base model.
+#[derive(Clone)]
+pub struct Adapter {
+    pub name: String,
+    pub path: PathBuf,
+    pub served: Arc<ServedAdapter>,
+    pub created: u64,
+}
+
+/// Why an adapter could not be added.
+#[derive(Debug, thiserror::Error)]
+pub enum AdapterError {
+    #[error(
+        "adapter names are 1 to 64 characters of letters, digits, `-`, `_` and `.` (got `{0}`)"
+    )]
+    BadName(String),
+    #[error("the model `{model}` already has an adapter `{name}`; unload it first")]
+    Exists { model: String, name: String },
+    #[error("{0}")]
+    Load(#[from] baimo_models::ModelError),
 }
 
 impl ServedModel {
@@ -29,7 +58,72 @@ impl ServedModel {
             model,
             engine,
             created: unix_now(),
+            adapters: RwLock::new(BTreeMap::new()),
         }
+    }
+
+    /// Reads a PEFT adapter folder, checks it against this model and serves it as `ID:NAME`. Slow (reads and
+    /// converts the weights): call it off the async runtime.
+    pub fn load_adapter(&self, name: &str, dir: &Path) -> Result<Adapter, AdapterError> {
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !valid {
+            return Err(AdapterError::BadName(name.to_string()));
+        }
+        let exists = |s: &Self| s.adapters.read().expect("adapter lock").contains_key(name);
+        if exists(self) {
+            return Err(AdapterError::Exists {
+                model: self.id.clone(),
+                name: name.into(),
+            });
+        }
+        let lora = LoraAdapter::load(dir)?;
+        let served = Arc::new(self.model.model.prepare_adapter(&lora)?);
+        let entry = Adapter {
+            name: name.to_string(),
+            path: dir.to_path_buf(),
+            served,
+            created: unix_now(),
+        };
+        let mut map = self.adapters.write().expect("adapter lock");
+        if map.contains_key(name) {
+            return Err(AdapterError::Exists {
+                model: self.id.clone(),
+                name: name.into(),
+            });
+        }
+        map.insert(name.to_string(), entry.clone());
+        Ok(entry)
+    }
+
+    /// Stops serving an adapter; requests already running with it finish with it. False when there was none.
+    pub fn unload_adapter(&self, name: &str) -> bool {
+        self.adapters
+            .write()
+            .expect("adapter lock")
+            .remove(name)
+            .is_some()
+    }
+
+    pub fn adapter(&self, name: &str) -> Option<Adapter> {
+        self.adapters
+            .read()
+            .expect("adapter lock")
+            .get(name)
+            .cloned()
+    }
+
+    /// Every served adapter, by name.
+    pub fn adapters(&self) -> Vec<Adapter> {
+        self.adapters
+            .read()
+            .expect("adapter lock")
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// The context window of each sequence.
@@ -38,10 +132,28 @@ impl ServedModel {
     }
 }
 
+/// What a request's `model` names: a served model, and one of its adapters when it reads `ID:NAME`.
+pub struct Route<'a> {
+    pub served: &'a ServedModel,
+    pub adapter: Option<Adapter>,
+}
+
+impl Route<'_> {
+    /// The name to answer with: `ID` or `ID:NAME`.
+    pub fn id(&self) -> String {
+        match &self.adapter {
+            Some(a) => format!("{}:{}", self.served.id, a.name),
+            None => self.served.id.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// When set, `/v1/*` requires `Authorization: Bearer <key>`.
     pub api_key: Option<String>,
+    /// When set, `/admin/*` requires `Authorization: Bearer <admin key>`; otherwise the API key guards it.
+    pub admin_key: Option<String>,
     pub max_body_bytes: usize,
 }
 
@@ -49,6 +161,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             api_key: None,
+            admin_key: None,
             max_body_bytes: 8 << 20,
         }
     }
@@ -92,6 +205,31 @@ impl AppState {
                 .find(|m| m.id == n)
                 .ok_or_else(|| ApiError::ModelNotFound(n.to_string())),
         }
+    }
+
+    /// The model and adapter a request names (`ID` or `ID:ADAPTER`), or the default model.
+    pub fn route(&self, name: Option<&str>) -> ApiResult<Route<'_>> {
+        if let Ok(served) = self.model(name) {
+            return Ok(Route {
+                served,
+                adapter: None,
+            });
+        }
+        let name = name.unwrap_or_default();
+        if let Some((served, adapter)) = split_adapter_id(&self.models, name) {
+            return match served.adapter(adapter) {
+                Some(a) => Ok(Route {
+                    served,
+                    adapter: Some(a),
+                }),
+                None => Err(ApiError::AdapterNotFound {
+                    model: served.id.clone(),
+                    adapter: adapter.to_string(),
+                    loaded: served.adapters().into_iter().map(|a| a.name).collect(),
+                }),
+            };
+        }
+        Err(ApiError::ModelNotFound(name.to_string()))
     }
 
     pub fn is_closing(&self) -> bool {
@@ -142,6 +280,19 @@ impl Drop for InFlight {
             self.0.idle.notify_waiters();
         }
     }
+}
+
+/// `MODEL:ADAPTER` → (the model, `ADAPTER`). Model ids may themselves hold `:` (catalog names do), so a model's
+/// id is matched as a prefix.
+pub fn split_adapter_id<'m, 'n>(
+    models: &'m [ServedModel],
+    id: &'n str,
+) -> Option<(&'m ServedModel, &'n str)> {
+    models.iter().find_map(|m| {
+        id.strip_prefix(m.id.as_str())
+            .and_then(|r| r.strip_prefix(':'))
+            .map(|a| (m, a))
+    })
 }
 
 pub fn unix_now() -> u64 {

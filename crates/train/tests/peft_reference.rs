@@ -123,7 +123,7 @@ fn exported_adapter_reloads_with_the_same_logits() {
     // Export from a GGUF Llama base (q/k rows permuted inside the model) and reload on the safetensors base:
     // PEFT's layout must come out.
     let g =
-        baimo_formats::gguf::GgufFile::open(&fixtures().join("tiny/llama-gqa/llama-gqa-F32.gguf"))
+        baimo_formats::gguf::GgufFile::open(fixtures().join("tiny/llama-gqa/llama-gqa-F32.gguf"))
             .unwrap();
     let mut gguf = Transformer::from_gguf(&g).unwrap();
     let adapter = LoraAdapter::load(&fixtures().join("tiny/llama-gqa/lora-all")).unwrap();

@@ -43,8 +43,14 @@ fn greedy_cached(m: &Transformer, prompt: &[u32], n: usize) -> Vec<u32> {
     out
 }
 
-/// Greedy continuation through `forward_paged` (the server's batches), the prompt in one chunk.
-fn greedy_paged(m: &Transformer, prompt: &[u32], n: usize) -> Vec<u32> {
+/// Greedy continuation through `forward_paged` (the server's batches), the prompt in one chunk, with `adapter`
+/// chosen for this sequence (as `baimo serve --adapter` serves it) or whatever adapter `m` has attached.
+fn greedy_paged(
+    m: &Transformer,
+    prompt: &[u32],
+    n: usize,
+    adapter: Option<&baimo_models::ServedAdapter>,
+) -> Vec<u32> {
     let mut pool = PagedKvCache::new(m.config(), 16, 16).unwrap();
     let table: Vec<u32> = (0..8).rev().collect();
     let mut seq = prompt.to_vec();
@@ -56,6 +62,7 @@ fn greedy_paged(m: &Transformer, prompt: &[u32], n: usize) -> Vec<u32> {
             start,
             block_table: &table,
             logits: Logits::Last,
+            adapter,
         };
         let logits = m.forward_paged(&[s], &mut pool).unwrap();
         let next = argmax_last(&logits[0]);
@@ -107,13 +114,23 @@ fn trained_adapter_serves_what_training_predicts() {
     let adapter = LoraAdapter::load(&out).unwrap();
     let mut served = Transformer::from_hf_dir(&dir).unwrap();
     let base = greedy_cached(&served, &prompt, 12);
+    let per_request = served.prepare_adapter(&adapter).unwrap();
+    assert_eq!(
+        greedy_paged(&served, &prompt, 12, Some(&per_request)),
+        trained,
+        "server path, adapter per request"
+    );
     served.set_adapter(Some(&adapter)).unwrap();
     assert_eq!(
         greedy_cached(&served, &prompt, 12),
         trained,
         "run/chat path"
     );
-    assert_eq!(greedy_paged(&served, &prompt, 12), trained, "server path");
+    assert_eq!(
+        greedy_paged(&served, &prompt, 12, None),
+        trained,
+        "server path, adapter attached"
+    );
     assert_ne!(
         base, trained,
         "training must have changed the model for this test to mean anything"

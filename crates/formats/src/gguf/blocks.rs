@@ -142,7 +142,7 @@ blocks! {
 /// blocks or the bytes are not aligned for `B` (memory-mapped GGUF data always is; an owned
 /// buffer may not be). Always `None` on big-endian targets.
 pub fn as_blocks<B: Block>(bytes: &[u8]) -> Option<&[B]> {
-    if cfg!(target_endian = "big") || bytes.len() % std::mem::size_of::<B>() != 0 {
+    if cfg!(target_endian = "big") || !bytes.len().is_multiple_of(std::mem::size_of::<B>()) {
         return None;
     }
     // SAFETY: `B` is sealed to the `#[repr(C)]` structs above, built only from integers, byte
