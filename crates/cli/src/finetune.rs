@@ -92,6 +92,10 @@ pub struct FinetuneArgs {
     /// Continue from a saved adapter or checkpoint folder.
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// Pack a step's sequences into forward/backward passes of at most N tokens (each sequence still
+    /// attends only to itself; larger matrix products, fewer ops). 0: one sequence per pass (least memory).
+    #[arg(long, default_value_t = baimo_train::trainer::PACK_TOKENS)]
+    pub pack_tokens: usize,
     #[arg(long, short = 't', env = "BAIMO_THREADS")]
     pub threads: Option<usize>,
     /// Append one JSON line per optimizer step to FILE: step, seconds, loss, lr, grad_norm, tokens (in the
@@ -215,6 +219,7 @@ pub fn finetune(store: &ModelStore, a: FinetuneArgs) -> Result<()> {
         out: a.out.clone(),
         base_name: path.display().to_string(),
         resume: a.resume.clone(),
+        pack_tokens: a.pack_tokens,
     };
     let bar = ProgressBar::new(1);
     bar.set_style(

@@ -54,6 +54,50 @@ fn tiled_matmul_t(x: &Tensor, w: &Tensor, invariant: bool) -> Result<Tensor> {
     in_row_tiles(x, |tile| Ok(tile.matmul(&wt)?))
 }
 
+/// `x Wᵀ` with `W` (out, in) a constant: differentiable with respect to `x` only. candle's matmul backward
+/// computes both operands' gradients, and for a frozen base weight that is a third of a training step's GEMM
+/// work plus a weight-sized gradient allocated and summed per sequence, all thrown away.
+struct FrozenMatmul(Tensor);
+
+impl candle_core::CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let candle_core::CpuStorage::F32(data) = storage else {
+            return Err(candle_core::Error::Msg(
+                "frozen-matmul: activations must be f32".into(),
+            ));
+        };
+        let Some((a, b)) = layout.contiguous_offsets() else {
+            return Err(candle_core::Error::Msg(
+                "frozen-matmul: activations must be contiguous".into(),
+            ));
+        };
+        let x = Tensor::from_slice(&data[a..b], layout.shape(), &Device::Cpu)?;
+        let y = x.matmul(&self.0.t()?)?;
+        let shape = y.shape().clone();
+        Ok((
+            candle_core::CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?),
+            shape,
+        ))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _y: &Tensor,
+        grad_y: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad_y.matmul(&self.0)?))
+    }
+}
+
 /// `scale · B (A x)` for the rows of `x`. Row by row the product is the same whatever the batch with
 /// `invariant`: (x Aᵀ) and its product with Bᵀ are small GEMMs per row tile.
 fn lora_update(x: &Tensor, l: &crate::lora::LoraDelta, invariant: bool) -> Result<Tensor> {
@@ -161,6 +205,33 @@ impl Linear {
                     x.clone()
                 };
                 (y + lora_update(&x, l, invariant)?)?
+            }
+            None => y,
+        })
+    }
+
+    /// The training pass: like [`Linear::forward`], but a float weight is multiplied as a frozen constant
+    /// ([`FrozenMatmul`]), so backpropagation computes the input's gradient only. LoRA updates (with dropout)
+    /// stay ordinary differentiable ops.
+    pub fn forward_train(&self, x: &Tensor) -> Result<Tensor> {
+        let y = match &self.weight {
+            LinearWeight::Candle(QMatMul::Tensor(w)) if x.device().is_cpu() && x.rank() == 2 => {
+                x.contiguous()?.apply_op1(FrozenMatmul(w.clone()))?
+            }
+            _ => return self.forward_mode(x, false),
+        };
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        Ok(match &self.lora {
+            Some(l) => {
+                let x = if l.dropout > 0.0 {
+                    dropout(x, l.dropout)?
+                } else {
+                    x.clone()
+                };
+                (y + lora_update(&x, l, false)?)?
             }
             None => y,
         })

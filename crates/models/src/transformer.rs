@@ -70,8 +70,8 @@ impl Attention {
         kv: &mut Kv,
     ) -> Result<Tensor> {
         let seq = x.dim(0)?;
-        let batch = kv.batch();
-        let proj = |l: &Linear, slot: usize| project(l, x, layer, slot, batch);
+        let pass = kv.pass();
+        let proj = |l: &Linear, slot: usize| project(l, x, layer, slot, pass);
         let heads = |t: Tensor, n: usize| -> Result<Tensor> {
             Ok(t.reshape((seq, n, self.head_dim))?
                 .transpose(0, 1)?
@@ -92,8 +92,19 @@ impl Attention {
                 let (k_all, v_all) = cache.append(layer, &k, &v)?;
                 self.attend_dense(q, k_all, v_all, start)?
             }
-            // Training: the whole sequence at once, no cache, every op differentiable.
-            Kv::None => self.attend_dense(q, k, v, 0)?,
+            // Training: whole sequences at once, no cache, every op differentiable. Packed sequences attend
+            // each within itself.
+            Kv::Train(lens) if lens.len() <= 1 => self.attend_dense(q, k, v, 0)?,
+            Kv::Train(lens) => {
+                let mut outs = Vec::with_capacity(lens.len());
+                let mut at = 0;
+                for &n in lens.iter() {
+                    let part = |t: &Tensor| -> Result<Tensor> { Ok(t.narrow(1, at, n)?) };
+                    outs.push(self.attend_dense(part(&q)?, part(&k)?, part(&v)?, 0)?);
+                    at += n;
+                }
+                Tensor::cat(&outs, 0)?
+            }
             Kv::Paged(pool, seqs) => {
                 let flat =
                     |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
@@ -108,7 +119,7 @@ impl Attention {
                 Tensor::from_vec(out, (seq, self.n_heads * self.head_dim), &Device::Cpu)?
             }
         };
-        project(&self.o_proj, &out, layer, slot::O, batch)
+        project(&self.o_proj, &out, layer, slot::O, pass)
     }
 
     /// Causal softmax attention of `q` (heads, seq, hd) at positions `start..` over `k_all`, `v_all`
@@ -149,32 +160,39 @@ impl Attention {
 
 /// Where attention keeps keys and values: one sequence's contiguous cache, or the paged pool shared by a batch.
 enum Kv<'a, 'b> {
-    None,
+    /// Training: no cache; the rows are sequences of these lengths packed one after another.
+    Train(&'a [usize]),
     Contiguous(&'a mut KvCache),
     Paged(&'a mut PagedKvCache, &'a [SeqSlice<'b>]),
 }
 
+/// How the projections of a pass run.
+#[derive(Clone, Copy)]
+enum Pass<'a, 'b> {
+    /// One sequence over a contiguous cache: the plain product (with the adapter attached by `set_adapter`).
+    Cached,
+    /// Training: differentiable in the activations and the attached LoRA, the base weights constant.
+    Train,
+    /// A served batch: batch-invariant, each sequence's own adapter (if any) added to its rows.
+    Batch(&'a [SeqSlice<'b>]),
+}
+
 impl<'a, 'b> Kv<'a, 'b> {
-    /// The sequences of a batched pass (whose rows may each have their own adapter).
-    fn batch(&self) -> Option<&'a [SeqSlice<'b>]> {
+    fn pass(&self) -> Pass<'a, 'b> {
         match self {
-            Kv::Paged(_, seqs) => Some(*seqs),
-            _ => None,
+            Kv::Train(_) => Pass::Train,
+            Kv::Contiguous(_) => Pass::Cached,
+            Kv::Paged(_, seqs) => Pass::Batch(seqs),
         }
     }
 }
 
-/// A projection of `x`. In a batched pass ([`Kv::Paged`]): batch-invariant, with each sequence's own adapter
-/// (if any) added to its rows; otherwise the plain product (with the adapter attached by `set_adapter`).
-fn project(
-    l: &Linear,
-    x: &Tensor,
-    layer: usize,
-    slot: usize,
-    batch: Option<&[SeqSlice]>,
-) -> Result<Tensor> {
-    let Some(seqs) = batch else {
-        return l.forward(x);
+/// A projection of `x` (module `slot` of `layer`) as `pass` runs it.
+fn project(l: &Linear, x: &Tensor, layer: usize, slot: usize, pass: Pass) -> Result<Tensor> {
+    let seqs = match pass {
+        Pass::Cached => return l.forward(x),
+        Pass::Train => return l.forward_train(x),
+        Pass::Batch(seqs) => seqs,
     };
     let mut per_rows = Vec::new();
     let mut row = 0;
@@ -220,11 +238,10 @@ impl Mlp {
             down_proj: Linear::load(src, &format!("{p}.down_proj"), h, i, false)?,
         })
     }
-    /// `batch`: see [`project`].
-    fn forward(&self, x: &Tensor, layer: usize, batch: Option<&[SeqSlice]>) -> Result<Tensor> {
-        let g = project(&self.gate_proj, x, layer, slot::GATE, batch)?.silu()?;
-        let u = project(&self.up_proj, x, layer, slot::UP, batch)?;
-        project(&self.down_proj, &(g * u)?, layer, slot::DOWN, batch)
+    fn forward(&self, x: &Tensor, layer: usize, pass: Pass) -> Result<Tensor> {
+        let g = project(&self.gate_proj, x, layer, slot::GATE, pass)?.silu()?;
+        let u = project(&self.up_proj, x, layer, slot::UP, pass)?;
+        project(&self.down_proj, &(g * u)?, layer, slot::DOWN, pass)
     }
 }
 
@@ -481,21 +498,47 @@ impl Transformer {
             Logits::Last => x.narrow(0, seq - 1, 1)?,
             Logits::All => x,
         };
-        self.logits(&x, false)
+        self.logits(&x, Pass::Cached)
     }
 
     /// Logits for every position of one sequence, without a KV cache: the training forward pass. Every op is
     /// differentiable, so gradients reach LoRA parameters given as `candle_core::Var` tensors.
     pub fn forward_train(&self, tokens: &[u32]) -> Result<Tensor> {
-        if tokens.is_empty() {
+        let all: Vec<u32> = (0..tokens.len() as u32).collect();
+        self.forward_train_packed(&[tokens], &all)
+    }
+
+    /// The training pass over several sequences packed into one (Krell et al. 2021, "Efficient Sequence
+    /// Packing"): their tokens run through every projection as one matrix, each at its own positions from 0,
+    /// and attention stays within each sequence, so the result is what separate passes give, with larger
+    /// matrix products and a fraction of the ops. Logits only at `rows` (indices into the concatenated
+    /// tokens, result rows in that order): the output head, a large share of a small model's work, runs only
+    /// where the loss needs it.
+    pub fn forward_train_packed(&self, seqs: &[&[u32]], rows: &[u32]) -> Result<Tensor> {
+        if seqs.is_empty() || seqs.iter().any(|s| s.is_empty()) {
             return Err(ModelError::BadConfig(
                 "forward called with no tokens".into(),
             ));
         }
-        self.check_tokens(tokens)?;
-        let positions: Vec<usize> = (0..tokens.len()).collect();
-        let x = self.decode(tokens, &positions, &mut Kv::None)?;
-        self.logits(&x, false)
+        let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
+        let tokens: Vec<u32> = seqs.concat();
+        self.check_tokens(&tokens)?;
+        if let Some(&r) = rows.iter().find(|&&r| r as usize >= tokens.len()) {
+            return Err(ModelError::BadConfig(format!(
+                "logits asked at row {r} of {} packed tokens",
+                tokens.len()
+            )));
+        }
+        let positions: Vec<usize> = lens.iter().flat_map(|&n| 0..n).collect();
+        let x = self.decode(&tokens, &positions, &mut Kv::Train(&lens))?;
+        let every_row =
+            rows.len() == tokens.len() && rows.iter().enumerate().all(|(i, &r)| r as usize == i);
+        let x = if every_row {
+            x
+        } else {
+            x.index_select(&Tensor::new(rows, &Device::Cpu)?, 0)?
+        };
+        self.logits(&x, Pass::Train)
     }
 
     /// The projections a LoRA adapter can target: (module path, out, in, heads for q/k row permutation when
@@ -582,7 +625,7 @@ impl Transformer {
             row += n;
         }
         let idx = Tensor::new(rows.as_slice(), &Device::Cpu)?;
-        let logits = self.logits(&x.index_select(&idx, 0)?, true)?;
+        let logits = self.logits(&x.index_select(&idx, 0)?, Pass::Batch(seqs))?;
         let mut out = Vec::with_capacity(seqs.len());
         let mut at = 0;
         for s in seqs {
@@ -609,7 +652,7 @@ impl Transformer {
     /// The decoder stack: embeddings, then each layer's attention and MLP blocks with residuals.
     /// Returns the last hidden states, (tokens, hidden), before the final norm.
     fn decode(&self, tokens: &[u32], positions: &[usize], kv: &mut Kv) -> Result<Tensor> {
-        let batch = kv.batch();
+        let pass = kv.pass();
         let ids = Tensor::new(tokens, &Device::Cpu)?;
         let mut x = self.embed_tokens.forward(&ids)?;
         let cs = self.rope.tables_at(positions)?;
@@ -618,18 +661,18 @@ impl Transformer {
             let h = layer.self_attn.forward(&h, i, &self.rope, &cs, kv)?;
             x = (x + h)?;
             let h = layer.post_attention_layernorm.forward(&x)?;
-            x = (&x + layer.mlp.forward(&h, i, batch)?)?;
+            x = (&x + layer.mlp.forward(&h, i, pass)?)?;
         }
         Ok(x)
     }
 
     /// Final norm and output head: (rows, hidden) → (rows, vocab).
-    fn logits(&self, x: &Tensor, invariant: bool) -> Result<Tensor> {
+    fn logits(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
         let x = self.norm.forward(x)?.contiguous()?;
-        let logits = if invariant {
-            self.lm_head.forward_invariant(&x)?
-        } else {
-            self.lm_head.forward(&x)?
+        let logits = match pass {
+            Pass::Cached => self.lm_head.forward(&x)?,
+            Pass::Train => self.lm_head.forward_train(&x)?,
+            Pass::Batch(_) => self.lm_head.forward_invariant(&x)?,
         };
         Ok(logits.reshape(((), self.cfg.vocab_size))?)
     }

@@ -11,7 +11,7 @@ use rand::SeedableRng;
 
 use crate::data::{encode_conversation, read_jsonl, BadRecord, DataFormat, Example};
 use crate::params::{LoraParams, LoraSpec};
-use crate::trainer::{batch_loss_and_grads, StepStats, Trainer, TrainerConfig};
+use crate::trainer::{batch_loss, StepStats, Trainer, TrainerConfig};
 use crate::{Result, TrainError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +118,8 @@ pub struct RunOptions {
     pub base_name: String,
     /// Continue from a saved adapter (its LoRA weights; the optimizer restarts).
     pub resume: Option<PathBuf>,
+    /// Most tokens per packed forward/backward pass (0: one sequence per pass).
+    pub pack_tokens: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -146,16 +148,10 @@ pub enum Progress {
 }
 
 /// Mean loss over `examples` (no gradients kept).
-pub fn eval_loss(model: &Transformer, params: &LoraParams, examples: &[Example]) -> Result<f64> {
-    let mut sum = 0f64;
-    let mut n = 0usize;
-    for chunk in examples.chunks(8) {
-        let refs: Vec<&Example> = chunk.iter().collect();
-        let (loss, _, t) = batch_loss_and_grads(model, params, &refs)?;
-        sum += loss * t as f64;
-        n += t;
-    }
-    Ok(if n == 0 { f64::NAN } else { sum / n as f64 })
+pub fn eval_loss(model: &Transformer, examples: &[Example], pack_tokens: usize) -> Result<f64> {
+    let refs: Vec<&Example> = examples.iter().collect();
+    let (loss, n) = batch_loss(model, &refs, pack_tokens)?;
+    Ok(if n == 0 { f64::NAN } else { loss })
 }
 
 /// Trains a LoRA adapter on `train` and writes it (PEFT format) to `opts.out`; returns the final
@@ -197,6 +193,7 @@ pub fn finetune(
             total_steps: total,
             weight_decay: opts.weight_decay,
             max_grad_norm: opts.max_grad_norm,
+            pack_tokens: opts.pack_tokens,
             ..TrainerConfig::default()
         },
     )?;
@@ -232,7 +229,7 @@ pub fn finetune(
         });
         if opts.eval_every > 0 && step % opts.eval_every == 0 && !eval.is_empty() {
             trainer.params.attach(model, false)?;
-            let l = eval_loss(model, &trainer.params, eval)?;
+            let l = eval_loss(model, eval, opts.pack_tokens)?;
             trainer.params.attach(model, true)?;
             progress(Progress::Eval { step, loss: l });
         }
@@ -248,7 +245,7 @@ pub fn finetune(
     }
     trainer.params.attach(model, false)?;
     if !eval.is_empty() {
-        let l = eval_loss(model, &trainer.params, eval)?;
+        let l = eval_loss(model, eval, opts.pack_tokens)?;
         progress(Progress::Eval { step, loss: l });
     }
     trainer.params.save_peft(&opts.out, &opts.base_name)?;

@@ -13,39 +13,84 @@ use crate::data::Example;
 use crate::params::LoraParams;
 use crate::{Result, TrainError};
 
-/// Summed negative log-likelihood of one example's trained tokens, and their count.
-pub fn sequence_loss(model: &Transformer, ex: &Example) -> Result<(Tensor, usize)> {
-    if ex.tokens.len() != ex.labels.len() {
-        return Err(TrainError::Config(
-            "tokens and labels differ in length".into(),
-        ));
+/// Summed negative log-likelihood of the trained tokens of `pack` (examples run as one packed pass, see
+/// [`Transformer::forward_train_packed`]), and their count.
+pub fn packed_loss(model: &Transformer, pack: &[&Example]) -> Result<(Tensor, usize)> {
+    let mut rows = Vec::new();
+    let mut targets = Vec::new();
+    let mut offset = 0u32;
+    for ex in pack {
+        if ex.tokens.len() != ex.labels.len() {
+            return Err(TrainError::Config(
+                "tokens and labels differ in length".into(),
+            ));
+        }
+        for (i, &l) in ex.labels.iter().enumerate().skip(1) {
+            if l >= 0 {
+                rows.push(offset + i as u32 - 1);
+                targets.push(l as u32);
+            }
+        }
+        offset += ex.tokens.len() as u32;
     }
-    let (idx, targets): (Vec<u32>, Vec<u32>) = ex
-        .labels
-        .iter()
-        .enumerate()
-        .skip(1)
-        .filter(|(_, &l)| l >= 0)
-        .map(|(i, &l)| ((i - 1) as u32, l as u32))
-        .unzip();
-    let n = idx.len();
+    let n = rows.len();
     if n == 0 {
         return Ok((Tensor::zeros((), candle_core::DType::F32, &Device::Cpu)?, 0));
     }
-    let logits = model.forward_train(&ex.tokens)?;
-    let idx = Tensor::new(idx.as_slice(), &Device::Cpu)?;
+    let seqs: Vec<&[u32]> = pack.iter().map(|e| e.tokens.as_slice()).collect();
+    let sel = model.forward_train_packed(&seqs, &rows)?;
     let targets = Tensor::new(targets.as_slice(), &Device::Cpu)?;
-    let sel = logits.index_select(&idx, 0)?;
     let mean = candle_nn::loss::cross_entropy(&sel, &targets)?;
     Ok(((mean * n as f64)?, n))
 }
 
-/// Mean loss over the trained tokens of `examples` and the gradients of every LoRA parameter, accumulated one
-/// sequence at a time (memory holds one sequence's graph, whatever the batch).
+/// Groups `examples` in order into packs of at most `pack_tokens` tokens (a longer example alone; 0 packs
+/// nothing: one example per pass). Each pack is one forward and backward pass, so memory holds one pack's graph.
+pub fn packs<'e>(examples: &[&'e Example], pack_tokens: usize) -> Vec<Vec<&'e Example>> {
+    let mut out: Vec<Vec<&Example>> = Vec::new();
+    let mut tokens = 0;
+    for &ex in examples {
+        if ex.trained_tokens() == 0 {
+            continue;
+        }
+        let n = ex.tokens.len();
+        match out.last_mut() {
+            Some(p) if pack_tokens > 0 && tokens + n <= pack_tokens => {
+                p.push(ex);
+                tokens += n;
+            }
+            _ => {
+                out.push(vec![ex]);
+                tokens = n;
+            }
+        }
+    }
+    out
+}
+
+/// Mean loss over the trained tokens of `examples`, without gradients (evaluation), and the token count.
+pub fn batch_loss(
+    model: &Transformer,
+    examples: &[&Example],
+    pack_tokens: usize,
+) -> Result<(f64, usize)> {
+    let mut sum = 0f64;
+    let mut total = 0;
+    for pack in packs(examples, pack_tokens) {
+        let (s, n) = packed_loss(model, &pack)?;
+        sum += s.to_scalar::<f32>()? as f64;
+        total += n;
+    }
+    Ok((if total == 0 { 0.0 } else { sum / total as f64 }, total))
+}
+
+/// Mean loss over the trained tokens of `examples` and the gradients of every LoRA parameter, accumulated over
+/// packs of at most `pack_tokens` tokens ([`packs`]).
 pub fn batch_loss_and_grads(
     model: &Transformer,
     params: &LoraParams,
     examples: &[&Example],
+    pack_tokens: usize,
 ) -> Result<(f64, GradStore, usize)> {
     let total: usize = examples.iter().map(|e| e.trained_tokens()).sum();
     let mut grads = GradStore::default();
@@ -54,8 +99,8 @@ pub fn batch_loss_and_grads(
     }
     let vars = params.vars();
     let mut loss_sum = 0f64;
-    for ex in examples {
-        let (sum, n) = sequence_loss(model, ex)?;
+    for pack in packs(examples, pack_tokens) {
+        let (sum, n) = packed_loss(model, &pack)?;
         if n == 0 {
             continue;
         }
@@ -95,7 +140,12 @@ pub struct TrainerConfig {
     pub eps: f64,
     /// Clip the global gradient norm to this value (None: no clipping).
     pub max_grad_norm: Option<f64>,
+    /// Most tokens run as one packed pass ([`packs`]); 0: one sequence per pass.
+    pub pack_tokens: usize,
 }
+
+/// Default of [`TrainerConfig::pack_tokens`].
+pub const PACK_TOKENS: usize = 2048;
 
 impl Default for TrainerConfig {
     fn default() -> Self {
@@ -108,6 +158,7 @@ impl Default for TrainerConfig {
             beta2: 0.999,
             eps: 1e-8,
             max_grad_norm: Some(1.0),
+            pack_tokens: PACK_TOKENS,
         }
     }
 }
@@ -158,7 +209,8 @@ impl Trainer {
 
     /// One optimizer step over `examples` (all the sequences of the step: batch × accumulation).
     pub fn step(&mut self, model: &Transformer, examples: &[&Example]) -> Result<StepStats> {
-        let (loss, mut grads, tokens) = batch_loss_and_grads(model, &self.params, examples)?;
+        let (loss, mut grads, tokens) =
+            batch_loss_and_grads(model, &self.params, examples, self.cfg.pack_tokens)?;
         let vars = self.params.vars();
         let mut sq = 0f64;
         for v in &vars {
@@ -196,5 +248,44 @@ impl Trainer {
             tokens,
             sequence_tokens: examples.iter().map(|e| e.tokens.len()).sum(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ex(n: usize, trained: bool) -> Example {
+        Example {
+            tokens: vec![1; n],
+            labels: vec![if trained { 1 } else { -100 }; n],
+        }
+    }
+
+    #[test]
+    fn packs_group_in_order_under_the_budget() {
+        let exs = [
+            ex(3, true),
+            ex(4, true),
+            ex(2, false),
+            ex(9, true),
+            ex(2, true),
+            ex(3, true),
+            ex(1, true),
+        ];
+        let refs: Vec<&Example> = exs.iter().collect();
+        let lens = |p: Vec<Vec<&Example>>| -> Vec<Vec<usize>> {
+            p.iter()
+                .map(|g| g.iter().map(|e| e.tokens.len()).collect())
+                .collect()
+        };
+        // Examples without trained tokens are dropped (the 1-token one has no next-token target); 9 exceeds the
+        // budget and runs alone.
+        assert_eq!(lens(packs(&refs, 8)), vec![vec![3, 4], vec![9], vec![2, 3]]);
+        assert_eq!(
+            lens(packs(&refs, 0)),
+            vec![vec![3], vec![4], vec![9], vec![2], vec![3]]
+        );
+        assert_eq!(lens(packs(&refs, 100)), vec![vec![3, 4, 9, 2, 3]]);
     }
 }

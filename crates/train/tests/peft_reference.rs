@@ -66,28 +66,36 @@ fn lora_gradients_and_adamw_step_match_peft() {
         let exs = examples(t);
         let refs: Vec<&Example> = exs.iter().collect();
 
-        let (loss, grads, _) = batch_loss_and_grads(&model, &params, &refs).unwrap();
-        let want_loss = t["loss"].as_f64().unwrap();
-        println!("{model_name}: loss {loss:.6} vs PEFT {want_loss:.6}");
-        assert!((loss - want_loss).abs() / want_loss < 1e-5);
-
-        let want = tensors(t["grads"].as_str().unwrap());
-        let mut worst = 0f64;
-        for e in &params.entries {
-            for (v, which) in [(&e.a, "lora_A"), (&e.b, "lora_B")] {
-                let name = format!("base_model.model.{}.{which}.weight", e.target.path);
-                let g = grads
-                    .get(v.as_tensor())
-                    .unwrap_or_else(|| panic!("no gradient for {name}"));
-                let err = rel_err(g, &want[&name]);
-                worst = worst.max(err);
-                assert!(err <= 1e-4, "{model_name} {name}: relative error {err:.2e}");
-            }
-        }
-        println!(
-            "{model_name}: {} LoRA gradients, worst relative error {worst:.2e}",
-            want.len()
+        assert!(
+            refs.len() > 1,
+            "several sequences, so that packing is exercised"
         );
+        // One sequence per pass, and all of them packed into one pass: both are PEFT's batch.
+        for pack_tokens in [0, baimo_train::trainer::PACK_TOKENS] {
+            let (loss, grads, _) =
+                batch_loss_and_grads(&model, &params, &refs, pack_tokens).unwrap();
+            let want_loss = t["loss"].as_f64().unwrap();
+            println!("{model_name} (pack {pack_tokens}): loss {loss:.6} vs PEFT {want_loss:.6}");
+            assert!((loss - want_loss).abs() / want_loss < 1e-5);
+
+            let want = tensors(t["grads"].as_str().unwrap());
+            let mut worst = 0f64;
+            for e in &params.entries {
+                for (v, which) in [(&e.a, "lora_A"), (&e.b, "lora_B")] {
+                    let name = format!("base_model.model.{}.{which}.weight", e.target.path);
+                    let g = grads
+                        .get(v.as_tensor())
+                        .unwrap_or_else(|| panic!("no gradient for {name}"));
+                    let err = rel_err(g, &want[&name]);
+                    worst = worst.max(err);
+                    assert!(err <= 1e-4, "{model_name} {name}: relative error {err:.2e}");
+                }
+            }
+            println!(
+                "{model_name} (pack {pack_tokens}): {} LoRA gradients, worst relative error {worst:.2e}",
+                want.len()
+            );
+        }
 
         // One AdamW step with torch's settings.
         let o = &t["optimizer"];
@@ -102,6 +110,7 @@ fn lora_gradients_and_adamw_step_match_peft() {
                 beta2: 0.999,
                 eps: o["eps"].as_f64().unwrap(),
                 max_grad_norm: None,
+                ..TrainerConfig::default()
             },
         )
         .unwrap();
