@@ -193,6 +193,11 @@ impl Linear {
                 Tensor::from_vec(y, (n, self.out_features), x.device())?
             }
         };
+        self.add_bias_and_lora(x, y, invariant)
+    }
+
+    /// `y` (the base product of `x`) plus the bias and the attached LoRA update (with its training dropout).
+    fn add_bias_and_lora(&self, x: &Tensor, y: Tensor, invariant: bool) -> Result<Tensor> {
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -220,21 +225,7 @@ impl Linear {
             }
             _ => return self.forward_mode(x, false),
         };
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        };
-        Ok(match &self.lora {
-            Some(l) => {
-                let x = if l.dropout > 0.0 {
-                    dropout(x, l.dropout)?
-                } else {
-                    x.clone()
-                };
-                (y + lora_update(&x, l, false)?)?
-            }
-            None => y,
-        })
+        self.add_bias_and_lora(x, y, false)
     }
 
     /// The batched serving pass: [`Linear::forward_invariant`] over every row, plus, for each `(first row,
