@@ -94,6 +94,14 @@ pub enum KernelError {
         cols: usize,
         format: BlockFormat,
     },
+    #[error("weight data is {len} bytes, expected {expected} for {rows}×{cols} {format:?}")]
+    FloatWeightSize {
+        len: usize,
+        expected: usize,
+        rows: usize,
+        cols: usize,
+        format: crate::float::FloatFormat,
+    },
     #[error("activations hold {len} values, not a multiple of the row length {cols}")]
     ActivationSize { len: usize, cols: usize },
 }

@@ -1,5 +1,6 @@
 //! CPU kernels: quantized weight matrices (every GGUF block format real files use: Q4_0, Q4_1, Q5_0, Q5_1,
-//! Q8_0, Q2_K..Q6_K) times f32 activations, computed the way ggml's CPU backend computes them.
+//! Q8_0, Q2_K..Q6_K) times f32 activations, computed the way ggml's CPU backend computes them; and float
+//! weights (F32, F16, BF16) read in place ([`float`]).
 //!
 //! Activations are quantized once per matmul exactly as ggml's x86 path does ([`q8`]), integer dot products
 //! are exact, so logits agree with llama.cpp's on the same file up to float summation order. Every SIMD
@@ -8,6 +9,7 @@
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+pub mod float;
 mod format;
 pub mod kquant;
 mod matmul;
@@ -16,5 +18,6 @@ pub mod q8;
 #[cfg(target_arch = "x86_64")]
 mod vnni;
 
+pub use float::{float_kernels_fast, float_matmul, float_matmul_with, FloatFormat};
 pub use format::{BlockFormat, KernelError, QK, QK_K};
 pub use matmul::{dequantize_row, quant_matmul, quant_matmul_with, Isa, TILE};

@@ -3,7 +3,7 @@
 //! read in place from the file's memory map) or float (candle).
 
 use baimo_formats::SharedBytes;
-use baimo_kernels::{dequantize_row, quant_matmul, BlockFormat};
+use baimo_kernels::{dequantize_row, float_matmul, quant_matmul, BlockFormat, FloatFormat};
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor, D};
 
@@ -17,6 +17,11 @@ enum LinearWeight {
     /// GGUF block formats, multiplied in place by our kernels with ggml-identical activation quantization.
     Blocks {
         format: BlockFormat,
+        data: SharedBytes,
+    },
+    /// Float matrices read in place by our float kernel (see [`Weight::FloatRows`]).
+    FloatRows {
+        format: FloatFormat,
         data: SharedBytes,
     },
 }
@@ -151,6 +156,7 @@ impl Linear {
         check_shape(&name, &w.dims(), &[out, inp])?;
         let weight = match w {
             Weight::Blocks { format, data, .. } => LinearWeight::Blocks { format, data },
+            Weight::FloatRows { format, data, .. } => LinearWeight::FloatRows { format, data },
             Weight::Quant(q) => LinearWeight::Candle(QMatMul::from_arc(std::sync::Arc::new(q))?),
             Weight::Float(t) => LinearWeight::Candle(QMatMul::Tensor(t)),
         };
@@ -189,6 +195,13 @@ impl Linear {
                 let n = x.dim(0)?;
                 let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
                 let y = quant_matmul(*format, data, self.out_features, self.in_features, &xs)
+                    .map_err(|e| ModelError::Kernel(e.to_string()))?;
+                Tensor::from_vec(y, (n, self.out_features), x.device())?
+            }
+            LinearWeight::FloatRows { format, data } => {
+                let n = x.dim(0)?;
+                let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+                let y = float_matmul(*format, data, self.out_features, self.in_features, &xs)
                     .map_err(|e| ModelError::Kernel(e.to_string()))?;
                 Tensor::from_vec(y, (n, self.out_features), x.device())?
             }
@@ -342,6 +355,12 @@ pub enum Embedding {
         vocab: usize,
         hidden: usize,
     },
+    FloatRows {
+        format: FloatFormat,
+        data: SharedBytes,
+        vocab: usize,
+        hidden: usize,
+    },
     Quant(std::sync::Arc<QTensor>),
     Float(Tensor),
 }
@@ -362,6 +381,12 @@ impl Embedding {
                 vocab,
                 hidden,
             },
+            Weight::FloatRows { format, data, .. } => Embedding::FloatRows {
+                format,
+                data,
+                vocab,
+                hidden,
+            },
             Weight::Quant(q) => Embedding::Quant(std::sync::Arc::new(q)),
             Weight::Float(t) => Embedding::Float(t),
         })
@@ -374,22 +399,21 @@ impl Embedding {
                 vocab,
                 hidden,
             } => {
-                let ids = ids.flatten_all()?.to_vec1::<u32>()?;
                 let row_bytes = data.len() / vocab;
-                let mut v = Vec::with_capacity(ids.len() * hidden);
-                for &id in &ids {
-                    let id = id as usize;
-                    if id >= *vocab {
-                        return Err(ModelError::Kernel(format!(
-                            "token id {id} outside the embedding table of {vocab}"
-                        )));
-                    }
-                    v.extend(dequantize_row(
-                        *format,
-                        &data[id * row_bytes..(id + 1) * row_bytes],
-                    ));
-                }
-                Tensor::from_vec(v, (ids.len(), *hidden), &Device::Cpu)?
+                lookup(ids, *vocab, *hidden, |id| {
+                    dequantize_row(*format, &data[id * row_bytes..(id + 1) * row_bytes])
+                })?
+            }
+            Embedding::FloatRows {
+                format,
+                data,
+                vocab,
+                hidden,
+            } => {
+                let row_bytes = hidden * format.bytes();
+                lookup(ids, *vocab, *hidden, |id| {
+                    format.row_values(&data[id * row_bytes..(id + 1) * row_bytes])
+                })?
             }
             Embedding::Quant(q) => q.embedding(ids)?,
             Embedding::Float(t) => t.index_select(ids, 0)?,
@@ -405,6 +429,21 @@ impl Embedding {
                 hidden,
             } => Linear {
                 weight: LinearWeight::Blocks {
+                    format: *format,
+                    data: data.clone(),
+                },
+                bias: None,
+                lora: None,
+                out_features: *vocab,
+                in_features: *hidden,
+            },
+            Embedding::FloatRows {
+                format,
+                data,
+                vocab,
+                hidden,
+            } => Linear {
+                weight: LinearWeight::FloatRows {
                     format: *format,
                     data: data.clone(),
                 },
@@ -435,6 +474,27 @@ impl Embedding {
             }
         })
     }
+}
+
+/// Rows `ids` of a table of `vocab` rows, each decoded by `row`.
+fn lookup(
+    ids: &Tensor,
+    vocab: usize,
+    hidden: usize,
+    row: impl Fn(usize) -> Vec<f32>,
+) -> Result<Tensor> {
+    let ids = ids.flatten_all()?.to_vec1::<u32>()?;
+    let mut v = Vec::with_capacity(ids.len() * hidden);
+    for &id in &ids {
+        let id = id as usize;
+        if id >= vocab {
+            return Err(ModelError::Kernel(format!(
+                "token id {id} outside the embedding table of {vocab}"
+            )));
+        }
+        v.extend(row(id));
+    }
+    Ok(Tensor::from_vec(v, (ids.len(), hidden), &Device::Cpu)?)
 }
 
 /// Rotary position embedding (Su et al. 2021) with cos/sin tables computed for each call's positions.

@@ -6,7 +6,7 @@ use baimo_formats::gguf::{GgmlType, GgufFile};
 use baimo_formats::llama2c::Llama2cCheckpoint;
 use baimo_formats::safetensors::SafeTensorsFiles;
 use baimo_formats::SharedBytes;
-use baimo_kernels::{dequantize_row, BlockFormat};
+use baimo_kernels::{dequantize_row, float_kernels_fast, BlockFormat, FloatFormat};
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
@@ -29,6 +29,14 @@ pub enum Weight {
         dims: [usize; 2],
         data: SharedBytes,
     },
+    /// A float matrix (F32, F16, BF16) our float kernel multiplies in place from the memory map (on CPUs
+    /// where that kernel is fast; elsewhere float weights are [`Weight::Float`]).
+    FloatRows {
+        format: FloatFormat,
+        /// (rows, cols).
+        dims: [usize; 2],
+        data: SharedBytes,
+    },
     /// Any other quantized type, through candle (none that GGUF files use today).
     Quant(QTensor),
     Float(Tensor),
@@ -37,7 +45,7 @@ pub enum Weight {
 impl Weight {
     pub fn dims(&self) -> Vec<usize> {
         match self {
-            Weight::Blocks { dims, .. } => dims.to_vec(),
+            Weight::Blocks { dims, .. } | Weight::FloatRows { dims, .. } => dims.to_vec(),
             Weight::Quant(q) => q.shape().dims().to_vec(),
             Weight::Float(t) => t.dims().to_vec(),
         }
@@ -52,6 +60,9 @@ impl Weight {
                     .flat_map(|r| dequantize_row(format, r))
                     .collect();
                 Tensor::from_vec(v, (dims[0], dims[1]), &Device::Cpu)?
+            }
+            Weight::FloatRows { format, dims, data } => {
+                Tensor::from_vec(format.row_values(&data), (dims[0], dims[1]), &Device::Cpu)?
             }
             Weight::Quant(q) => q.dequantize(&Device::Cpu)?,
             Weight::Float(t) => t,
@@ -164,6 +175,21 @@ impl WeightSource for GgufFile {
                 return Ok(Some(Weight::Blocks {
                     format,
                     dims: [rows, cols],
+                    data: self.tensor_shared(info),
+                }));
+            }
+        }
+        let float = match info.dtype {
+            GgmlType::F32 => Some(FloatFormat::F32),
+            GgmlType::F16 => Some(FloatFormat::F16),
+            GgmlType::BF16 => Some(FloatFormat::BF16),
+            _ => None,
+        };
+        if let (Some(format), [rows, cols]) = (float, dims.as_slice()) {
+            if float_kernels_fast() {
+                return Ok(Some(Weight::FloatRows {
+                    format,
+                    dims: [*rows, *cols],
                     data: self.tensor_shared(info),
                 }));
             }

@@ -1,0 +1,411 @@
+//! Float weights (F32, F16, BF16) × f32 activations, read in place from the file's memory map: no f32 copy
+//! of an F16 model (half the memory and half the bytes streamed per decoded token).
+//!
+//! Every output is one dot product in a fixed order, whatever the batch: sixteen lane sums, lane `j` taking
+//! columns `j, j+16, …` with fused multiply-adds (columns past the end count as 0·0), then the lanes are added
+//! pairwise (`j + j+8`, `j + j+4`, `j + j+2`, `0 + 1`). [`dot_ref`] is that order in scalar code; the
+//! AVX-512 kernel computes the same bits (tested), so results do not depend on the kernel or on which other
+//! rows share the call (batch invariance).
+
+use rayon::prelude::*;
+
+use crate::format::KernelError;
+use crate::matmul::{Isa, SendPtr};
+
+/// How a float weight row is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FloatFormat {
+    F32,
+    F16,
+    BF16,
+}
+
+impl FloatFormat {
+    /// Bytes per value.
+    pub fn bytes(self) -> usize {
+        match self {
+            FloatFormat::F32 => 4,
+            FloatFormat::F16 | FloatFormat::BF16 => 2,
+        }
+    }
+
+    /// Value `i` of a row.
+    #[inline]
+    pub fn value(self, row: &[u8], i: usize) -> f32 {
+        match self {
+            FloatFormat::F32 => {
+                f32::from_le_bytes([row[4 * i], row[4 * i + 1], row[4 * i + 2], row[4 * i + 3]])
+            }
+            FloatFormat::F16 => half::f16::from_le_bytes([row[2 * i], row[2 * i + 1]]).to_f32(),
+            FloatFormat::BF16 => half::bf16::from_le_bytes([row[2 * i], row[2 * i + 1]]).to_f32(),
+        }
+    }
+
+    /// A whole row as f32.
+    pub fn row_values(self, row: &[u8]) -> Vec<f32> {
+        (0..row.len() / self.bytes())
+            .map(|i| self.value(row, i))
+            .collect()
+    }
+}
+
+/// Lanes of the fixed summation order.
+const LANES: usize = 16;
+
+/// The reference dot product of one weight row with `x` (see the module docs for the order).
+pub fn dot_ref(format: FloatFormat, wrow: &[u8], x: &[f32]) -> f32 {
+    let mut lanes = [0f32; LANES];
+    let padded = x.len().next_multiple_of(LANES);
+    for c in 0..padded {
+        let (xv, wv) = if c < x.len() {
+            (x[c], format.value(wrow, c))
+        } else {
+            (0.0, 0.0)
+        };
+        lanes[c % LANES] = xv.mul_add(wv, lanes[c % LANES]);
+    }
+    for j in 0..8 {
+        lanes[j] += lanes[j + 8];
+    }
+    for j in 0..4 {
+        lanes[j] += lanes[j + 4];
+    }
+    for j in 0..2 {
+        lanes[j] += lanes[j + 2];
+    }
+    lanes[0] + lanes[1]
+}
+
+/// Whether the SIMD float kernel runs on this CPU (AVX-512 F/BW/VL) and is not turned off by
+/// `BAIMO_KERNELS=scalar|avx2`. Without it, callers keep float weights in their own f32 path: the scalar
+/// reference is for tests, not speed.
+pub fn float_kernels_fast() -> bool {
+    Isa::detect() == Isa::Avx512Vnni && avx512_available()
+}
+
+fn avx512_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `out[t][r] = Σ_c W[r][c] · x[t][c]` for `x` of `n` rows × `cols` and `W` of `rows` × `cols` stored as
+/// `format`. Returns `n × rows` values, row-major.
+pub fn float_matmul(
+    format: FloatFormat,
+    w: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+) -> Result<Vec<f32>, KernelError> {
+    let isa = if float_kernels_fast() {
+        Isa::Avx512Vnni
+    } else {
+        Isa::Scalar
+    };
+    float_matmul_with(isa, format, w, rows, cols, x)
+}
+
+/// [`float_matmul`] with a chosen implementation (`Isa::Avx512Vnni` for the AVX-512 kernel, anything else
+/// for the scalar reference; tests compare them).
+pub fn float_matmul_with(
+    isa: Isa,
+    format: FloatFormat,
+    w: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+) -> Result<Vec<f32>, KernelError> {
+    let row_bytes = cols * format.bytes();
+    if w.len() != rows * row_bytes {
+        return Err(KernelError::FloatWeightSize {
+            len: w.len(),
+            expected: rows * row_bytes,
+            rows,
+            cols,
+            format,
+        });
+    }
+    if cols == 0 || !x.len().is_multiple_of(cols) {
+        return Err(KernelError::ActivationSize { len: x.len(), cols });
+    }
+    let n = x.len() / cols;
+    let mut out = vec![0f32; n * rows];
+    if rows == 0 || n == 0 {
+        return Ok(out);
+    }
+    let simd = isa == Isa::Avx512Vnni && avx512_available();
+    let threads = rayon::current_num_threads().max(1);
+    // Enough tasks to balance the threads; whole groups of four rows.
+    let chunk = rows.div_ceil(threads * 8).clamp(4, 64).next_multiple_of(4);
+    let dst = SendPtr(out.as_mut_ptr());
+    w.par_chunks(chunk * row_bytes)
+        .enumerate()
+        .for_each(|(ci, wchunk)| {
+            let r0 = ci * chunk;
+            let wrows: Vec<&[u8]> = wchunk.chunks_exact(row_bytes).collect();
+            // F16/BF16 rows met by many activation rows are widened to f32 once (exactly) into a scratch
+            // group, so the conversion is not repeated for every tile of activation rows.
+            let mut scratch: Vec<u8> = Vec::new();
+            // Activation rows in blocks that stay in cache while every row group of the chunk passes over them.
+            for tb in (0..n).step_by(64) {
+                let tend = (tb + 64).min(n);
+                let groups: Vec<&[&[u8]]> = wrows.chunks(4).collect();
+                for (g, &group) in groups.iter().enumerate() {
+                    let next: &[&[u8]] = groups.get(g + 1).copied().unwrap_or(&[]);
+                    #[cfg(target_arch = "x86_64")]
+                    let widened: Vec<&[u8]>;
+                    #[allow(unused_mut)]
+                    let (mut fmt, mut group) = (format, group);
+                    #[cfg(target_arch = "x86_64")]
+                    if simd && format != FloatFormat::F32 && tend - tb >= 8 {
+                        scratch.resize(group.len() * cols * 4, 0);
+                        for (src, dst) in group.iter().zip(scratch.chunks_exact_mut(cols * 4)) {
+                            // SAFETY: AVX-512 F/BW/VL were detected; `src` holds `cols` values and `dst`
+                            // room for as many f32.
+                            unsafe { avx512::widen(format, src, dst, cols) };
+                        }
+                        widened = scratch.chunks_exact(cols * 4).collect();
+                        (fmt, group) = (FloatFormat::F32, &widened);
+                    }
+                    let mut res = [[0f32; 4]; 64];
+                    let res = &mut res[..tend - tb];
+                    #[cfg(target_arch = "x86_64")]
+                    if simd {
+                        // SAFETY: AVX-512 F/BW/VL were detected; `group` holds 1..=4 rows of `cols` values in
+                        // `fmt`; `x` holds rows tb..tend of `cols` values.
+                        unsafe { avx512::block(fmt, group, next, x, cols, tb, res) };
+                    }
+                    if !simd {
+                        for (i, b) in res.iter_mut().enumerate() {
+                            let xr = &x[(tb + i) * cols..(tb + i + 1) * cols];
+                            for (r, wr) in group.iter().enumerate() {
+                                b[r] = dot_ref(format, wr, xr);
+                            }
+                        }
+                    }
+                    for (i, vals) in res.iter().enumerate() {
+                        for (r, v) in vals[..group.len()].iter().enumerate() {
+                            // SAFETY: chunks cover disjoint weight rows, so each (t, r) is written by one task
+                            // only, and (tb+i)·rows + r0 + 4g + r < n·rows.
+                            unsafe { dst.write((tb + i) * rows + r0 + 4 * g + r, *v) };
+                        }
+                    }
+                }
+            }
+        });
+    Ok(out)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::FloatFormat;
+
+    const F32: u8 = 0;
+    const F16: u8 = 1;
+    const BF16: u8 = 2;
+
+    /// Sixteen values of a row from `p`, lanes past `mask` zero.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn load<const FMT: u8>(p: *const u8, mask: __mmask16) -> __m512 {
+        match FMT {
+            F32 => _mm512_maskz_loadu_ps(mask, p as *const f32),
+            F16 => _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, p as *const i16)),
+            _ => {
+                let h = _mm256_maskz_loadu_epi16(mask, p as *const i16);
+                _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+            }
+        }
+    }
+
+    /// Widens a row of `cols` values to f32 (exactly) into `dst`.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VL present; `src` holds `cols` values in `format`, `dst` at least `4·cols` bytes.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn widen(format: FloatFormat, src: &[u8], dst: &mut [u8], cols: usize) {
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+        unsafe fn run<const FMT: u8>(src: &[u8], dst: &mut [u8], cols: usize) {
+            let es = if FMT == F32 { 4 } else { 2 };
+            let d = dst.as_mut_ptr() as *mut f32;
+            let mut c = 0;
+            while c < cols {
+                let k = 16.min(cols - c);
+                let mask: __mmask16 = if k == 16 {
+                    !0
+                } else {
+                    ((1u32 << k) - 1) as __mmask16
+                };
+                _mm512_mask_storeu_ps(d.add(c), mask, load::<FMT>(src.as_ptr().add(c * es), mask));
+                c += 16;
+            }
+        }
+        match format {
+            FloatFormat::F32 => run::<F32>(src, dst, cols),
+            FloatFormat::F16 => run::<F16>(src, dst, cols),
+            FloatFormat::BF16 => run::<BF16>(src, dst, cols),
+        }
+    }
+
+    /// The reference's lane reduction: `j + j+8`, `j + j+4`, `j + j+2`, `0 + 1`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn reduce(v: __m512) -> f32 {
+        let lo = _mm512_castps512_ps256(v);
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+        let s8 = _mm256_add_ps(lo, hi);
+        let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        let s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
+        _mm_cvtss_f32(s1)
+    }
+
+    /// Columns `c0..c1` (`c0` a multiple of 16) of `NT` activation rows (from `t`) × `NR` weight rows, added to
+    /// the lane sums in `acc` in the reference's order (the masked tail when `c1` is the row end).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn kernel<const FMT: u8, const NT: usize, const NR: usize>(
+        w: &[&[u8]],
+        x: &[f32],
+        cols: usize,
+        t: usize,
+        (c0, c1): (usize, usize),
+        state: &mut [[__m512; 4]; TT],
+        next: &[&[u8]],
+    ) {
+        let es = if FMT == F32 { 4 } else { 2 };
+        let wp: [*const u8; NR] = std::array::from_fn(|r| w[r].as_ptr());
+        // Decode streams each weight once: fetch the next row group while this one is multiplied (rows of
+        // a few KB are too short for the hardware prefetcher to ramp up on its own).
+        let pf: [*const u8; 4] =
+            std::array::from_fn(|r| next.get(r).map_or(std::ptr::null(), |row| row.as_ptr()));
+        let xp: [*const f32; NT] = std::array::from_fn(|i| x.as_ptr().add((t + i) * cols));
+        let mut acc: [[__m512; NR]; NT] =
+            std::array::from_fn(|i| std::array::from_fn(|r| state[i][r]));
+        let full = (c1 - c0) / 16;
+        for b in 0..full {
+            let c = c0 + b * 16;
+            let wv: [__m512; NR] = std::array::from_fn(|r| load::<FMT>(wp[r].add(c * es), !0));
+            for p in pf {
+                if !p.is_null() {
+                    _mm_prefetch::<_MM_HINT_T0>(p.add(c * es) as *const i8);
+                }
+            }
+            for i in 0..NT {
+                let xv = _mm512_loadu_ps(xp[i].add(c));
+                for r in 0..NR {
+                    acc[i][r] = _mm512_fmadd_ps(xv, wv[r], acc[i][r]);
+                }
+            }
+        }
+        let rest = c1 - c0 - full * 16;
+        if rest > 0 {
+            let c = c0 + full * 16;
+            let mask: __mmask16 = ((1u32 << rest) - 1) as __mmask16;
+            let wv: [__m512; NR] = std::array::from_fn(|r| load::<FMT>(wp[r].add(c * es), mask));
+            for i in 0..NT {
+                let xv = _mm512_maskz_loadu_ps(mask, xp[i].add(c));
+                for r in 0..NR {
+                    acc[i][r] = _mm512_fmadd_ps(xv, wv[r], acc[i][r]);
+                }
+            }
+        }
+        for i in 0..NT {
+            for r in 0..NR {
+                state[i][r] = acc[i][r];
+            }
+        }
+    }
+
+    /// Columns per pass over a row group: its slice of the group and of an activation tile stay in L1 while
+    /// the block's activation tiles pass over it.
+    const KC: usize = 512;
+
+    /// Activation rows per register tile (× 4 weight rows: 24 accumulators).
+    const TT: usize = 6;
+
+    /// Activation rows `tb..tb + res.len()` × the 1..=4 weight rows of `w` into `res[t - tb][r]`; `next`: the
+    /// rows the caller multiplies next (prefetched).
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VL present; `w` holds 1..=4 rows of `cols` values in `format`; `x` holds the rows.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn block(
+        format: FloatFormat,
+        w: &[&[u8]],
+        next: &[&[u8]],
+        x: &[f32],
+        cols: usize,
+        tb: usize,
+        res: &mut [[f32; 4]],
+    ) {
+        let n = res.len();
+        // Prefetching pays only when rows are streamed once (decode); with more activation tiles the group
+        // is re-read from cache.
+        let next = if n <= TT { next } else { &[] };
+        let mut state = vec![[[_mm512_setzero_ps(); 4]; TT]; n.div_ceil(TT)];
+        // One activation tile (decode) reuses nothing across tiles: stream whole rows.
+        let kc = if n <= TT { cols } else { KC };
+        let mut c0 = 0;
+        while c0 < cols {
+            let c1 = (c0 + kc).min(cols);
+            for (ti, st) in state.iter_mut().enumerate() {
+                let t = tb + TT * ti;
+                let nt = TT.min(n - TT * ti);
+                macro_rules! by_shape {
+                    ($fmt:expr) => {
+                        match (nt, w.len()) {
+                            (1, 1) => kernel::<$fmt, 1, 1>(w, x, cols, t, (c0, c1), st, next),
+                            (1, 2) => kernel::<$fmt, 1, 2>(w, x, cols, t, (c0, c1), st, next),
+                            (1, 3) => kernel::<$fmt, 1, 3>(w, x, cols, t, (c0, c1), st, next),
+                            (1, _) => kernel::<$fmt, 1, 4>(w, x, cols, t, (c0, c1), st, next),
+                            (2, 1) => kernel::<$fmt, 2, 1>(w, x, cols, t, (c0, c1), st, next),
+                            (2, 2) => kernel::<$fmt, 2, 2>(w, x, cols, t, (c0, c1), st, next),
+                            (2, 3) => kernel::<$fmt, 2, 3>(w, x, cols, t, (c0, c1), st, next),
+                            (2, _) => kernel::<$fmt, 2, 4>(w, x, cols, t, (c0, c1), st, next),
+                            (3, 1) => kernel::<$fmt, 3, 1>(w, x, cols, t, (c0, c1), st, next),
+                            (3, 2) => kernel::<$fmt, 3, 2>(w, x, cols, t, (c0, c1), st, next),
+                            (3, 3) => kernel::<$fmt, 3, 3>(w, x, cols, t, (c0, c1), st, next),
+                            (3, _) => kernel::<$fmt, 3, 4>(w, x, cols, t, (c0, c1), st, next),
+                            (4, 1) => kernel::<$fmt, 4, 1>(w, x, cols, t, (c0, c1), st, next),
+                            (4, 2) => kernel::<$fmt, 4, 2>(w, x, cols, t, (c0, c1), st, next),
+                            (4, 3) => kernel::<$fmt, 4, 3>(w, x, cols, t, (c0, c1), st, next),
+                            (4, _) => kernel::<$fmt, 4, 4>(w, x, cols, t, (c0, c1), st, next),
+                            (5, 1) => kernel::<$fmt, 5, 1>(w, x, cols, t, (c0, c1), st, next),
+                            (5, 2) => kernel::<$fmt, 5, 2>(w, x, cols, t, (c0, c1), st, next),
+                            (5, 3) => kernel::<$fmt, 5, 3>(w, x, cols, t, (c0, c1), st, next),
+                            (5, _) => kernel::<$fmt, 5, 4>(w, x, cols, t, (c0, c1), st, next),
+                            (_, 1) => kernel::<$fmt, 6, 1>(w, x, cols, t, (c0, c1), st, next),
+                            (_, 2) => kernel::<$fmt, 6, 2>(w, x, cols, t, (c0, c1), st, next),
+                            (_, 3) => kernel::<$fmt, 6, 3>(w, x, cols, t, (c0, c1), st, next),
+                            (_, _) => kernel::<$fmt, 6, 4>(w, x, cols, t, (c0, c1), st, next),
+                        }
+                    };
+                }
+                match format {
+                    FloatFormat::F32 => by_shape!(F32),
+                    FloatFormat::F16 => by_shape!(F16),
+                    FloatFormat::BF16 => by_shape!(BF16),
+                }
+            }
+            c0 = c1;
+        }
+        for (ti, st) in state.iter().enumerate() {
+            for i in 0..TT.min(n - TT * ti) {
+                for r in 0..w.len() {
+                    res[TT * ti + i][r] = reduce(st[i][r]);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! The float-weight kernel (F32, F16, BF16 rows read in place): the scalar reference against an f64 dot
+//! product of the decoded values, the AVX-512 kernel against the reference bit for bit on awkward shapes, and
+//! batch invariance (a row's outputs are the same bits alone and inside any batch).
+
+use baimo_kernels::float::dot_ref;
+use baimo_kernels::{float_matmul_with, FloatFormat, Isa};
+use rand::{Rng, SeedableRng};
+
+const FORMATS: [FloatFormat; 3] = [FloatFormat::F32, FloatFormat::F16, FloatFormat::BF16];
+
+fn random_rows(format: FloatFormat, rows: usize, cols: usize, rng: &mut impl Rng) -> Vec<u8> {
+    let mut w = Vec::with_capacity(rows * cols * format.bytes());
+    for _ in 0..rows * cols {
+        let v: f32 = rng.gen_range(-1.0..1.0);
+        match format {
+            FloatFormat::F32 => w.extend_from_slice(&v.to_le_bytes()),
+            FloatFormat::F16 => w.extend_from_slice(&half::f16::from_f32(v).to_le_bytes()),
+            FloatFormat::BF16 => w.extend_from_slice(&half::bf16::from_f32(v).to_le_bytes()),
+        }
+    }
+    w
+}
+
+fn random_acts(n: usize, cols: usize, rng: &mut impl Rng) -> Vec<f32> {
+    (0..n * cols).map(|_| rng.gen_range(-2.0..2.0)).collect()
+}
+
+#[test]
+fn reference_is_a_dot_product_of_the_stored_values() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    for format in FORMATS {
+        for cols in [1, 5, 16, 17, 100, 896] {
+            let w = random_rows(format, 3, cols, &mut rng);
+            let x = random_acts(1, cols, &mut rng);
+            for r in 0..3 {
+                let row = &w[r * cols * format.bytes()..(r + 1) * cols * format.bytes()];
+                let vals = format.row_values(row);
+                let want: f64 = vals
+                    .iter()
+                    .zip(&x)
+                    .map(|(&a, &b)| a as f64 * b as f64)
+                    .sum();
+                let scale: f64 = vals
+                    .iter()
+                    .zip(&x)
+                    .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                    .sum();
+                let got = dot_ref(format, row, &x) as f64;
+                assert!(
+                    (got - want).abs() <= 1e-6 * scale.max(1.0),
+                    "{format:?} cols {cols}: {got} vs {want}"
+                );
+            }
+        }
+    }
+    // Decoding: F16 and BF16 values are exact in f32.
+    let w = half::f16::from_f32(0.333).to_le_bytes();
+    assert_eq!(
+        FloatFormat::F16.value(&w, 0),
+        half::f16::from_f32(0.333).to_f32()
+    );
+    let w = half::bf16::from_f32(-7.25).to_le_bytes();
+    assert_eq!(FloatFormat::BF16.value(&w, 0), -7.25);
+}
+
+#[test]
+fn simd_matches_the_reference_bit_for_bit_and_is_batch_invariant() {
+    if !Isa::supported(Isa::Avx512Vnni) {
+        eprintln!("skipping: no AVX-512 on this CPU (the scalar reference is what runs here)");
+        return;
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+    for format in FORMATS {
+        for (rows, cols, n) in [
+            (1, 1, 1),
+            (3, 7, 2),
+            (4, 16, 4),
+            (5, 17, 5),
+            (13, 100, 9),
+            (37, 64, 1),
+            (64, 896, 3),
+            (70, 33, 70),
+        ] {
+            let w = random_rows(format, rows, cols, &mut rng);
+            let x = random_acts(n, cols, &mut rng);
+            let simd = float_matmul_with(Isa::Avx512Vnni, format, &w, rows, cols, &x).unwrap();
+            let scalar = float_matmul_with(Isa::Scalar, format, &w, rows, cols, &x).unwrap();
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&simd),
+                bits(&scalar),
+                "{format:?} {rows}×{cols}, {n} rows"
+            );
+            // Each activation row alone: the same bits as in the batch.
+            for t in 0..n {
+                let alone = float_matmul_with(
+                    Isa::Avx512Vnni,
+                    format,
+                    &w,
+                    rows,
+                    cols,
+                    &x[t * cols..(t + 1) * cols],
+                )
+                .unwrap();
+                assert_eq!(bits(&alone), bits(&simd[t * rows..(t + 1) * rows]));
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_shapes_are_errors() {
+    let w = vec![0u8; 2 * 8 * 2];
+    let e = float_matmul_with(Isa::Scalar, FloatFormat::F16, &w, 2, 9, &[0.0; 9]).unwrap_err();
+    assert!(e.to_string().contains("expected 36"), "{e}");
+    let e = float_matmul_with(Isa::Scalar, FloatFormat::F16, &w, 2, 8, &[0.0; 9]).unwrap_err();
+    assert!(e.to_string().contains("not a multiple"), "{e}");
+}
