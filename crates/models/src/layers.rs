@@ -84,12 +84,34 @@ impl candle_core::CustomOp1 for FrozenMatmul {
                 "frozen-matmul: activations must be contiguous".into(),
             ));
         };
-        let x = Tensor::from_slice(&data[a..b], layout.shape(), &Device::Cpu)?;
+        let xs = &data[a..b];
+        let (out, inp) = self.0.dims2()?;
+        let dims = layout.dims();
+        let mut shape = dims.to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = out;
+        }
+        if baimo_kernels::float_kernels_fast() && dims.last() == Some(&inp) {
+            // Our float kernel (AVX-512) on the weight's f32 storage, in place.
+            let (storage, wl) = self.0.storage_and_layout();
+            if let (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(w)), Some((wa, wb))) =
+                (&*storage, wl.contiguous_offsets())
+            {
+                let w = &w[wa..wb];
+                // SAFETY: reading an f32 slice as its bytes (no alignment requirement for u8).
+                let bytes = unsafe {
+                    std::slice::from_raw_parts(w.as_ptr() as *const u8, std::mem::size_of_val(w))
+                };
+                let y = baimo_kernels::float_matmul(FloatFormat::F32, bytes, out, inp, xs)
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                return Ok((candle_core::CpuStorage::F32(y), shape.into()));
+            }
+        }
+        let x = Tensor::from_slice(xs, layout.shape(), &Device::Cpu)?;
         let y = x.matmul(&self.0.t()?)?;
-        let shape = y.shape().clone();
         Ok((
             candle_core::CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?),
-            shape,
+            shape.into(),
         ))
     }
 
