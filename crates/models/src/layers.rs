@@ -59,6 +59,31 @@ fn tiled_matmul_t(x: &Tensor, w: &Tensor, invariant: bool) -> Result<Tensor> {
     in_row_tiles(x, |tile| Ok(tile.matmul(&wt)?))
 }
 
+/// `x Wᵀ` for rows `x` (row-major, `W`'s width) by our float kernel on `W`'s f32 storage in place, where that
+/// kernel is fast ([`baimo_kernels::float_kernels_fast`]); `None` otherwise (use candle).
+fn kernel_matmul_t(w: &Tensor, x: &[f32]) -> Option<Result<Vec<f32>>> {
+    if !baimo_kernels::float_kernels_fast() || w.rank() != 2 || w.dtype() != candle_core::DType::F32
+    {
+        return None;
+    }
+    let (out, inp) = w.dims2().ok()?;
+    let (storage, layout) = w.storage_and_layout();
+    let (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)), Some((a, b))) =
+        (&*storage, layout.contiguous_offsets())
+    else {
+        return None;
+    };
+    let data = &data[a..b];
+    // SAFETY: reading an f32 slice as its bytes (u8 has no alignment requirement).
+    let bytes = unsafe {
+        std::slice::from_raw_parts(data.as_ptr() as *const u8, std::mem::size_of_val(data))
+    };
+    Some(
+        float_matmul(FloatFormat::F32, bytes, out, inp, x)
+            .map_err(|e| ModelError::Kernel(e.to_string())),
+    )
+}
+
 /// `x Wᵀ` with `W` (out, in) a constant: differentiable with respect to `x` only. candle's matmul backward
 /// computes both operands' gradients, and for a frozen base weight that is a third of a training step's GEMM
 /// work plus a weight-sized gradient allocated and summed per sequence, all thrown away.
@@ -91,19 +116,9 @@ impl candle_core::CustomOp1 for FrozenMatmul {
         if let Some(last) = shape.last_mut() {
             *last = out;
         }
-        if baimo_kernels::float_kernels_fast() && dims.last() == Some(&inp) {
-            // Our float kernel (AVX-512) on the weight's f32 storage, in place.
-            let (storage, wl) = self.0.storage_and_layout();
-            if let (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(w)), Some((wa, wb))) =
-                (&*storage, wl.contiguous_offsets())
-            {
-                let w = &w[wa..wb];
-                // SAFETY: reading an f32 slice as its bytes (no alignment requirement for u8).
-                let bytes = unsafe {
-                    std::slice::from_raw_parts(w.as_ptr() as *const u8, std::mem::size_of_val(w))
-                };
-                let y = baimo_kernels::float_matmul(FloatFormat::F32, bytes, out, inp, xs)
-                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        if dims.last() == Some(&inp) {
+            if let Some(y) = kernel_matmul_t(&self.0, xs) {
+                let y = y.map_err(|e| candle_core::Error::Msg(e.to_string()))?;
                 return Ok((candle_core::CpuStorage::F32(y), shape.into()));
             }
         }
@@ -275,6 +290,9 @@ impl Linear {
         if per_rows.is_empty() {
             return Ok(y);
         }
+        if let Some(y) = self.add_lora_rows_by_kernel(x, &y, per_rows) {
+            return y;
+        }
         let rows = y.dim(0)?;
         let mut parts = Vec::with_capacity(2 * per_rows.len() + 1);
         let mut at = 0;
@@ -290,6 +308,55 @@ impl Linear {
             parts.push(y.narrow(0, at, rows - at)?);
         }
         Ok(Tensor::cat(&parts, 0)?)
+    }
+
+    /// [`Linear::forward_rows`]'s updates with our float kernel: the rows of each adapter gathered into one
+    /// product pair (whatever the number of its sequences in the batch), each row's result independent of
+    /// the others. `None` where the kernel is not fast or the matrices are not plain f32.
+    fn add_lora_rows_by_kernel(
+        &self,
+        x: &Tensor,
+        y: &Tensor,
+        per_rows: &[(usize, usize, &crate::lora::LoraDelta)],
+    ) -> Option<Result<Tensor>> {
+        if !baimo_kernels::float_kernels_fast() {
+            return None;
+        }
+        let run = || -> Result<Option<Tensor>> {
+            let (cols, out) = (self.in_features, self.out_features);
+            let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+            let mut ys = y.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+            let mut groups: Vec<(&crate::lora::LoraDelta, Vec<usize>)> = Vec::new();
+            for &(start, n, d) in per_rows {
+                match groups.iter_mut().find(|(g, _)| std::ptr::eq(*g, d)) {
+                    Some((_, rows)) => rows.extend(start..start + n),
+                    None => groups.push((d, (start..start + n).collect())),
+                }
+            }
+            for (d, rows) in groups {
+                let xg: Vec<f32> = rows
+                    .iter()
+                    .flat_map(|&r| xs[r * cols..(r + 1) * cols].iter().copied())
+                    .collect();
+                let Some(xa) = kernel_matmul_t(&d.a, &xg).transpose()? else {
+                    return Ok(None);
+                };
+                let Some(delta) = kernel_matmul_t(&d.b, &xa).transpose()? else {
+                    return Ok(None);
+                };
+                let scale = d.scale as f32;
+                for (i, &r) in rows.iter().enumerate() {
+                    for (yv, dv) in ys[r * out..(r + 1) * out]
+                        .iter_mut()
+                        .zip(&delta[i * out..(i + 1) * out])
+                    {
+                        *yv += dv * scale;
+                    }
+                }
+            }
+            Ok(Some(Tensor::from_vec(ys, y.shape(), y.device())?))
+        };
+        run().transpose()
     }
 
     /// Checks a LoRA update's shapes against this layer.
