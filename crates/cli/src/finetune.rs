@@ -89,7 +89,8 @@ pub struct FinetuneArgs {
     /// Save a checkpoint every N steps (0: only at the end).
     #[arg(long, default_value_t = 0)]
     pub save_every: usize,
-    /// Continue from a saved adapter or checkpoint folder.
+    /// Continue from a checkpoint folder (or the output folder: its newest checkpoint) exactly where it
+    /// stopped: adapter, optimizer moments, step, data order. A plain adapter folder restarts the schedule.
     #[arg(long)]
     pub resume: Option<PathBuf>,
     /// Pack a step's sequences into forward/backward passes of at most N tokens (each sequence still

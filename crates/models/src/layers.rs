@@ -34,6 +34,11 @@ pub fn set_dropout_seed(seed: u64) {
     DROPOUT_SEED.store(seed, std::sync::atomic::Ordering::SeqCst);
 }
 
+/// The seed the next dropout mask will use (saved in training checkpoints).
+pub fn dropout_seed() -> u64 {
+    DROPOUT_SEED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// Inverted dropout: zeroes each element with probability `p`, scales the rest by 1/(1-p).
 fn dropout(x: &Tensor, p: f32) -> Result<Tensor> {
     use rand::{Rng, SeedableRng};

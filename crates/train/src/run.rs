@@ -11,7 +11,7 @@ use rand::SeedableRng;
 
 use crate::data::{encode_conversation, read_jsonl, BadRecord, DataFormat, Example};
 use crate::params::{LoraParams, LoraSpec};
-use crate::trainer::{batch_loss, StepStats, Trainer, TrainerConfig};
+use crate::trainer::{batch_loss, StepStats, Trainer, TrainerConfig, TrainerState};
 use crate::{Result, TrainError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +116,8 @@ pub struct RunOptions {
     pub save_every: usize,
     pub out: PathBuf,
     pub base_name: String,
-    /// Continue from a saved adapter (its LoRA weights; the optimizer restarts).
+    /// Continue from a checkpoint (adapter, optimizer moments, step; exactly where it stopped) or from an
+    /// adapter alone (its weights; a new schedule). A run's output folder means its newest checkpoint.
     pub resume: Option<PathBuf>,
     /// Most tokens per packed forward/backward pass (0: one sequence per pass).
     pub pack_tokens: usize,
@@ -154,6 +155,48 @@ pub fn eval_loss(model: &Transformer, examples: &[Example], pack_tokens: usize) 
     Ok(if n == 0 { f64::NAN } else { loss })
 }
 
+/// `dir` itself when it holds an adapter, else its newest `checkpoint-N` (so `--resume OUT` picks up after a
+/// crash).
+pub fn latest_checkpoint(dir: &Path) -> PathBuf {
+    if dir.join("adapter_config.json").exists() {
+        return dir.to_path_buf();
+    }
+    let newest = std::fs::read_dir(dir).ok().and_then(|entries| {
+        entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let n: usize = name.strip_prefix("checkpoint-")?.parse().ok()?;
+                e.path()
+                    .join("adapter_config.json")
+                    .exists()
+                    .then_some((n, e.path()))
+            })
+            .max_by_key(|(n, _)| *n)
+    });
+    newest.map_or_else(|| dir.to_path_buf(), |(_, p)| p)
+}
+
+/// Writes the adapter and the trainer state to `dir` atomically: into `dir.partial`, then renamed, so a
+/// kill at any moment leaves either the previous checkpoints or this complete one.
+fn save_checkpoint(trainer: &Trainer, dir: &Path, base_name: &str) -> Result<()> {
+    let io = |e: std::io::Error| TrainError::Io {
+        path: dir.display().to_string(),
+        message: e.to_string(),
+    };
+    let tmp = dir.with_extension("partial");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io)?;
+    }
+    trainer.params.save_peft(&tmp, base_name)?;
+    trainer.state().save(&tmp)?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(io)?;
+    }
+    std::fs::rename(&tmp, dir).map_err(io)?;
+    Ok(())
+}
+
 /// Trains a LoRA adapter on `train` and writes it (PEFT format) to `opts.out`; returns the final
 /// parameters. `stop` (Ctrl-C) ends the run after the current step with a checkpoint.
 pub fn finetune(
@@ -165,10 +208,14 @@ pub fn finetune(
     mut progress: impl FnMut(Progress),
 ) -> Result<LoraParams> {
     baimo_models::layers::set_dropout_seed(opts.seed);
+    let mut resumed = None;
     let params = match &opts.resume {
         Some(dir) => {
-            let ad = baimo_models::LoraAdapter::load(dir)?;
-            LoraParams::from_adapter(model, &ad, opts.lora.dropout)?
+            let dir = latest_checkpoint(dir);
+            let ad = baimo_models::LoraAdapter::load(&dir)?;
+            let params = LoraParams::from_adapter(model, &ad, opts.lora.dropout)?;
+            resumed = TrainerState::load(&dir, params.vars().len())?;
+            params
         }
         None => LoraParams::init(model, opts.lora.clone(), opts.seed)?,
     };
@@ -197,6 +244,16 @@ pub fn finetune(
             ..TrainerConfig::default()
         },
     )?;
+    // A checkpoint with its trainer state continues exactly where it stopped: the steps already taken are
+    // replayed through the (seeded) data order without training; an adapter alone starts a new schedule.
+    let skip = match resumed {
+        Some(st) => {
+            let s = st.step;
+            trainer.restore(st)?;
+            s
+        }
+        None => 0,
+    };
     let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
     let mut order: Vec<usize> = Vec::new();
     let mut step = 0;
@@ -216,6 +273,13 @@ pub fn finetune(
             .iter()
             .map(|&i| &train[i])
             .collect();
+        if step < skip {
+            step += 1;
+            if step >= total {
+                break 'outer;
+            }
+            continue;
+        }
         let t0 = Instant::now();
         let stats = trainer.step(model, &batch)?;
         step += 1;
@@ -236,7 +300,7 @@ pub fn finetune(
         let interrupted = stop.load(Ordering::SeqCst);
         if (opts.save_every > 0 && step % opts.save_every == 0) || (interrupted && step < total) {
             let dir = opts.out.join(format!("checkpoint-{step}"));
-            trainer.params.save_peft(&dir, &opts.base_name)?;
+            save_checkpoint(&trainer, &dir, &opts.base_name)?;
             progress(Progress::Saved { step, dir });
         }
         if step >= total || interrupted {

@@ -6,8 +6,8 @@
 
 use baimo_models::Transformer;
 use candle_core::backprop::GradStore;
+use candle_core::Var;
 use candle_core::{Device, Tensor};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 
 use crate::data::Example;
 use crate::params::LoraParams;
@@ -175,6 +175,133 @@ pub struct StepStats {
     pub sequence_tokens: usize,
 }
 
+/// AdamW's state: step count and both moments of every parameter (in [`LoraParams::vars`] order).
+struct AdamW {
+    step_t: usize,
+    moments: Vec<(Tensor, Tensor)>,
+}
+
+impl AdamW {
+    fn new(vars: &[Var]) -> Result<AdamW> {
+        let moments = vars
+            .iter()
+            .map(|v| Ok((v.as_tensor().zeros_like()?, v.as_tensor().zeros_like()?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(AdamW { step_t: 0, moments })
+    }
+
+    /// One step, PyTorch's AdamW (decoupled weight decay, bias-corrected moments), with candle_nn's operations
+    /// in candle_nn's order.
+    fn step(
+        &mut self,
+        vars: &[Var],
+        grads: &GradStore,
+        lr: f64,
+        cfg: &TrainerConfig,
+    ) -> Result<()> {
+        self.step_t += 1;
+        let (beta1, beta2) = (cfg.beta1, cfg.beta2);
+        let scale_m = 1f64 / (1f64 - beta1.powi(self.step_t as i32));
+        let scale_v = 1f64 / (1f64 - beta2.powi(self.step_t as i32));
+        for (theta, (m, v)) in vars.iter().zip(self.moments.iter_mut()) {
+            let Some(g) = grads.get(theta) else { continue };
+            let next_m = ((&*m * beta1)? + (g * (1.0 - beta1))?)?;
+            let next_v = ((&*v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
+            let m_hat = (&next_m * scale_m)?;
+            let v_hat = (&next_v * scale_v)?;
+            let next_theta = (theta.as_tensor() * (1f64 - lr * cfg.weight_decay))?;
+            let adjusted = (m_hat / (v_hat.sqrt()? + cfg.eps)?)?;
+            theta.set(&(next_theta - (adjusted * lr)?)?)?;
+            *m = next_m;
+            *v = next_v;
+        }
+        Ok(())
+    }
+}
+
+/// What a checkpoint holds besides the adapter, so that a resumed run continues exactly as the uninterrupted
+/// one would have: steps taken, AdamW's step count and moments, the dropout seed counter.
+pub struct TrainerState {
+    pub step: usize,
+    pub optimizer_step: usize,
+    pub dropout_seed: u64,
+    /// (first, second) moment of each parameter, [`LoraParams::vars`] order.
+    pub moments: Vec<(Tensor, Tensor)>,
+}
+
+const STATE_FILE: &str = "trainer_state.json";
+const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+
+impl TrainerState {
+    /// Writes `trainer_state.json` and `optimizer.safetensors` into `dir`.
+    pub fn save(&self, dir: &std::path::Path) -> Result<()> {
+        let io = |e: std::io::Error| TrainError::Io {
+            path: dir.display().to_string(),
+            message: e.to_string(),
+        };
+        let json = serde_json::json!({
+            "step": self.step,
+            "optimizer_step": self.optimizer_step,
+            "dropout_seed": self.dropout_seed,
+        });
+        std::fs::write(dir.join(STATE_FILE), json.to_string()).map_err(io)?;
+        let tensors: std::collections::HashMap<String, Tensor> = self
+            .moments
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (m, v))| {
+                [
+                    (format!("{i}.exp_avg"), m.clone()),
+                    (format!("{i}.exp_avg_sq"), v.clone()),
+                ]
+            })
+            .collect();
+        candle_core::safetensors::save(&tensors, dir.join(OPTIMIZER_FILE))?;
+        Ok(())
+    }
+
+    /// Reads the state saved in `dir`; `None` when `dir` holds only an adapter (e.g. one trained elsewhere).
+    pub fn load(dir: &std::path::Path, n_vars: usize) -> Result<Option<TrainerState>> {
+        let path = dir.join(STATE_FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let bad = |message: String| TrainError::Io {
+            path: path.display().to_string(),
+            message,
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let field = |k: &str| {
+            v.get(k)
+                .and_then(serde_json::Value::as_u64)
+                .ok_or_else(|| bad(format!("missing `{k}`")))
+        };
+        let opt_path = dir.join(OPTIMIZER_FILE);
+        let mut t = candle_core::safetensors::load(&opt_path, &Device::Cpu)?;
+        let moments = (0..n_vars)
+            .map(|i| {
+                let mut take = |k: String| {
+                    t.remove(&k).ok_or_else(|| TrainError::Io {
+                        path: opt_path.display().to_string(),
+                        message: format!("missing `{k}` (a checkpoint of another adapter shape?)"),
+                    })
+                };
+                Ok((
+                    take(format!("{i}.exp_avg"))?,
+                    take(format!("{i}.exp_avg_sq"))?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(TrainerState {
+            step: field("step")? as usize,
+            optimizer_step: field("optimizer_step")? as usize,
+            dropout_seed: field("dropout_seed")?,
+            moments,
+        }))
+    }
+}
+
 /// AdamW (Loshchilov & Hutter 2019) over the LoRA parameters with the warmup + cosine schedule.
 pub struct Trainer {
     pub params: LoraParams,
@@ -185,22 +312,49 @@ pub struct Trainer {
 
 impl Trainer {
     pub fn new(params: LoraParams, cfg: TrainerConfig) -> Result<Trainer> {
-        let opt = AdamW::new(
-            params.vars(),
-            ParamsAdamW {
-                lr: cfg.lr,
-                beta1: cfg.beta1,
-                beta2: cfg.beta2,
-                eps: cfg.eps,
-                weight_decay: cfg.weight_decay,
-            },
-        )?;
+        let opt = AdamW::new(&params.vars())?;
         Ok(Trainer {
             params,
             cfg,
             opt,
             step: 0,
         })
+    }
+
+    /// The state a checkpoint saves (with the adapter).
+    pub fn state(&self) -> TrainerState {
+        TrainerState {
+            step: self.step,
+            optimizer_step: self.opt.step_t,
+            dropout_seed: baimo_models::layers::dropout_seed(),
+            moments: self.opt.moments.clone(),
+        }
+    }
+
+    /// Continues from a checkpoint's state (the parameters come from its adapter).
+    pub fn restore(&mut self, st: TrainerState) -> Result<()> {
+        let vars = self.params.vars();
+        if st.moments.len() != vars.len() {
+            return Err(TrainError::Config(format!(
+                "the checkpoint has optimizer moments for {} parameters, the adapter {}",
+                st.moments.len(),
+                vars.len()
+            )));
+        }
+        for (v, (m, _)) in vars.iter().zip(&st.moments) {
+            if v.as_tensor().dims() != m.dims() {
+                return Err(TrainError::Config(format!(
+                    "optimizer moment of shape {:?} for a parameter of shape {:?}",
+                    m.dims(),
+                    v.as_tensor().dims()
+                )));
+            }
+        }
+        self.step = st.step;
+        self.opt.step_t = st.optimizer_step;
+        self.opt.moments = st.moments;
+        baimo_models::layers::set_dropout_seed(st.dropout_seed);
+        Ok(())
     }
 
     pub fn step_index(&self) -> usize {
@@ -236,9 +390,8 @@ impl Trainer {
             self.cfg.total_steps,
             self.cfg.lr,
         );
-        self.opt.set_learning_rate(lr);
         if tokens > 0 {
-            self.opt.step(&grads)?;
+            self.opt.step(&vars, &grads, lr, &self.cfg)?;
         }
         self.step += 1;
         Ok(StepStats {
