@@ -87,8 +87,15 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
     let (model, tokenizer, defaults, info) = match format {
         ModelFormat::Gguf => {
             let g = GgufFile::open(path)?;
-            let model = Transformer::from_gguf(&g)?;
-            let tokenizer = Tokenizer::from_gguf(&g)?;
+            // Building the tokenizer (vocabulary and merges from the metadata) takes about as long as
+            // mapping the weights: do both at once.
+            let (model, tokenizer) = std::thread::scope(|s| {
+                let tok = s.spawn(|| Tokenizer::from_gguf(&g));
+                let model = Transformer::from_gguf(&g);
+                let tokenizer = tok.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+                (model, tokenizer)
+            });
+            let (model, tokenizer) = (model?, tokenizer?);
             let info = ModelInfo {
                 path: path.to_path_buf(),
                 format,
@@ -99,8 +106,13 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
             (model, tokenizer, gguf_sampling(&g), info)
         }
         ModelFormat::Safetensors => {
-            let model = Transformer::from_hf_dir(path)?;
-            let tokenizer = Tokenizer::from_hf_dir(path)?;
+            let (model, tokenizer) = std::thread::scope(|s| {
+                let tok = s.spawn(|| Tokenizer::from_hf_dir(path));
+                let model = Transformer::from_hf_dir(path);
+                let tokenizer = tok.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+                (model, tokenizer)
+            });
+            let (model, tokenizer) = (model?, tokenizer?);
             let info = ModelInfo {
                 path: path.to_path_buf(),
                 format,
