@@ -97,6 +97,11 @@ pub struct FinetuneArgs {
     /// attends only to itself; larger matrix products, fewer ops). 0: one sequence per pass (least memory).
     #[arg(long, default_value_t = baimo_train::trainer::PACK_TOKENS)]
     pub pack_tokens: usize,
+    /// Keep a quantized (or F16) GGUF base as the file stores it (QLoRA-style): the forward pass is the served
+    /// kernels, the backward dequantizes one weight at a time. Uses about the file's memory instead of an f32
+    /// copy of the model.
+    #[arg(long)]
+    pub quantized_base: bool,
     #[arg(long, short = 't', env = "BAIMO_THREADS")]
     pub threads: Option<usize>,
     /// Append one JSON line per optimizer step to FILE: step, seconds, loss, lr, grad_norm, tokens (in the
@@ -126,8 +131,11 @@ pub fn finetune(store: &ModelStore, a: FinetuneArgs) -> Result<()> {
         .with_context(|| format!("loading {}", path.display()))?;
     let mut model = if lm.model.is_float() {
         lm.model
+    } else if a.quantized_base {
+        eprintln!("note: training over the quantized base as served (QLoRA-style; no f32 copy)");
+        lm.model
     } else {
-        eprintln!("note: the base is quantized; training on its f32 dequantization (the adapter serves on the quantized file)");
+        eprintln!("note: the base is quantized; training on its f32 dequantization (the adapter serves on the quantized file; --quantized-base keeps it quantized)");
         let g = baimo_formats::gguf::GgufFile::open(&path)?;
         Transformer::from_gguf_dequantized(&g)?
     };

@@ -11,6 +11,7 @@ use crate::weights::{Weight, WeightSource};
 use crate::{ModelError, Result};
 
 /// How a linear layer's weight is stored and multiplied.
+#[derive(Clone)]
 enum LinearWeight {
     /// Float weights (and any quantized type our kernels lack) through candle's `QMatMul`.
     Candle(QMatMul),
@@ -142,6 +143,85 @@ impl candle_core::CustomOp1 for FrozenMatmul {
         grad_y: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
         Ok(Some(grad_y.matmul(&self.0)?))
+    }
+}
+
+/// `x Wᵀ` for a frozen weight kept as the file stores it (quantized blocks or F16/BF16 rows): the forward is
+/// the serving kernel itself, so training sees exactly the products serving computes; the backward multiplies
+/// by W dequantized for that call only (QLoRA, Dettmers et al. 2023: no f32 copy of the base is kept).
+struct FrozenStored {
+    weight: LinearWeight,
+    out: usize,
+    inp: usize,
+}
+
+impl FrozenStored {
+    fn dequantized(&self) -> Result<Tensor> {
+        use rayon::prelude::*;
+        let (out, inp) = (self.out, self.inp);
+        let rows: Vec<f32> = match &self.weight {
+            LinearWeight::Blocks { format, data } => data
+                .par_chunks_exact(data.len() / out.max(1))
+                .flat_map_iter(|r| dequantize_row(*format, r))
+                .collect(),
+            LinearWeight::FloatRows { format, data } => data
+                .par_chunks_exact(inp * format.bytes())
+                .flat_map_iter(|r| format.row_values(r))
+                .collect(),
+            LinearWeight::Candle(_) => {
+                return Err(ModelError::Kernel("frozen-stored: a candle weight".into()))
+            }
+        };
+        Ok(Tensor::from_vec(rows, (out, inp), &Device::Cpu)?)
+    }
+}
+
+impl candle_core::CustomOp1 for FrozenStored {
+    fn name(&self) -> &'static str {
+        "frozen-stored-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (candle_core::CpuStorage::F32(data), Some((a, b))) =
+            (storage, layout.contiguous_offsets())
+        else {
+            return Err(candle_core::Error::Msg(
+                "frozen-stored-matmul: activations must be contiguous f32".into(),
+            ));
+        };
+        let x = &data[a..b];
+        let y = match &self.weight {
+            LinearWeight::Blocks { format, data } => {
+                quant_matmul(*format, data, self.out, self.inp, x)
+            }
+            LinearWeight::FloatRows { format, data } => {
+                float_matmul(*format, data, self.out, self.inp, x)
+            }
+            LinearWeight::Candle(_) => {
+                return Err(candle_core::Error::Msg(
+                    "frozen-stored-matmul: a candle weight".into(),
+                ))
+            }
+        }
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let rows = x.len() / self.inp.max(1);
+        Ok((candle_core::CpuStorage::F32(y), (rows, self.out).into()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _y: &Tensor,
+        grad_y: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let w = self
+            .dequantized()
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        Ok(Some(grad_y.matmul(&w)?))
     }
 }
 
@@ -277,6 +357,15 @@ impl Linear {
         let y = match &self.weight {
             LinearWeight::Candle(QMatMul::Tensor(w)) if x.device().is_cpu() && x.rank() == 2 => {
                 x.contiguous()?.apply_op1(FrozenMatmul(w.clone()))?
+            }
+            LinearWeight::Blocks { .. } | LinearWeight::FloatRows { .. }
+                if x.device().is_cpu() && x.rank() == 2 =>
+            {
+                x.contiguous()?.apply_op1(FrozenStored {
+                    weight: self.weight.clone(),
+                    out: self.out_features,
+                    inp: self.in_features,
+                })?
             }
             _ => return self.forward_mode(x, false),
         };
