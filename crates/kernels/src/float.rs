@@ -83,6 +83,29 @@ pub fn float_kernels_fast() -> bool {
     Isa::detect() == Isa::Avx512Vnni && avx512_available()
 }
 
+/// Whether float weights should be multiplied in place by this module rather than copied to f32 for candle:
+/// on AVX-512 and on AVX2 + FMA + F16C CPUs (unless `BAIMO_KERNELS=scalar`). Decoding streams half the bytes
+/// of an f32 copy; the AVX2 kernel is the simpler one, so batched prefill may trail candle's f32 GEMM there.
+pub fn float_weights_in_place() -> bool {
+    matches!(simd_for(Isa::detect()), Simd::Avx512 | Simd::Avx2)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Simd {
+    Avx512,
+    Avx2,
+    None,
+}
+
+/// The kernel `isa` asks for, on this CPU (`Avx512Vnni` → AVX-512 if present, else AVX2; `Avx2` → AVX2).
+fn simd_for(isa: Isa) -> Simd {
+    match isa {
+        Isa::Avx512Vnni if avx512_available() => Simd::Avx512,
+        Isa::Avx512Vnni | Isa::Avx2 if Isa::supported(Isa::Avx2) => Simd::Avx2,
+        _ => Simd::None,
+    }
+}
+
 fn avx512_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -105,16 +128,11 @@ pub fn float_matmul(
     cols: usize,
     x: &[f32],
 ) -> Result<Vec<f32>, KernelError> {
-    let isa = if float_kernels_fast() {
-        Isa::Avx512Vnni
-    } else {
-        Isa::Scalar
-    };
-    float_matmul_with(isa, format, w, rows, cols, x)
+    float_matmul_with(Isa::detect(), format, w, rows, cols, x)
 }
 
-/// [`float_matmul`] with a chosen implementation (`Isa::Avx512Vnni` for the AVX-512 kernel, anything else
-/// for the scalar reference; tests compare them).
+/// [`float_matmul`] with a chosen implementation (`Isa::Avx512Vnni`: the AVX-512 kernel, `Isa::Avx2`: the
+/// AVX2 one, `Isa::Scalar`: the reference; a kernel the CPU lacks falls back to the next; tests compare them).
 pub fn float_matmul_with(
     isa: Isa,
     format: FloatFormat,
@@ -141,7 +159,8 @@ pub fn float_matmul_with(
     if rows == 0 || n == 0 {
         return Ok(out);
     }
-    let simd = isa == Isa::Avx512Vnni && avx512_available();
+    let kind = simd_for(isa);
+    let simd = kind == Simd::Avx512;
     let threads = rayon::current_num_threads().max(1);
     // Enough tasks to balance the threads; whole groups of four rows.
     let chunk = rows.div_ceil(threads * 8).clamp(4, 64).next_multiple_of(4);
@@ -183,7 +202,12 @@ pub fn float_matmul_with(
                         // `fmt`; `x` holds rows tb..tend of `cols` values.
                         unsafe { avx512::block(fmt, group, next, x, cols, tb, res) };
                     }
-                    if !simd {
+                    #[cfg(target_arch = "x86_64")]
+                    if kind == Simd::Avx2 {
+                        // SAFETY: AVX2, FMA and F16C were detected; as for the AVX-512 call.
+                        unsafe { avx2f::block(fmt, group, x, cols, tb, res) };
+                    }
+                    if kind == Simd::None {
                         for (i, b) in res.iter_mut().enumerate() {
                             let xr = &x[(tb + i) * cols..(tb + i + 1) * cols];
                             for (r, wr) in group.iter().enumerate() {
@@ -405,6 +429,144 @@ mod avx512 {
                 for r in 0..w.len() {
                     res[TT * ti + i][r] = reduce(st[i][r]);
                 }
+            }
+        }
+    }
+}
+
+/// The same order with AVX2: each of the 16 lanes is a lane of one of two 8-wide accumulators (lanes 0–7 and
+/// 8–15), the tail padded with zeros through a stack copy (AVX2 has no 16-bit masked loads).
+#[cfg(target_arch = "x86_64")]
+mod avx2f {
+    use std::arch::x86_64::*;
+
+    use super::FloatFormat;
+
+    const F32: u8 = 0;
+    const F16: u8 = 1;
+    const BF16: u8 = 2;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8<const FMT: u8>(p: *const u8) -> __m256 {
+        match FMT {
+            F32 => _mm256_loadu_ps(p as *const f32),
+            F16 => _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)),
+            _ => _mm256_castsi256_ps(_mm256_slli_epi32(
+                _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i)),
+                16,
+            )),
+        }
+    }
+
+    /// The reference's lane reduction of lanes `lo` (0–7) and `hi` (8–15).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn reduce(lo: __m256, hi: __m256) -> f32 {
+        let s8 = _mm256_add_ps(lo, hi);
+        let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        let s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
+        _mm_cvtss_f32(s1)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn kernel<const FMT: u8, const NT: usize, const NR: usize>(
+        w: &[&[u8]],
+        x: &[f32],
+        cols: usize,
+        t: usize,
+        out: &mut [[f32; 4]],
+    ) {
+        let es = if FMT == F32 { 4 } else { 2 };
+        let zero = _mm256_setzero_ps();
+        let mut acc = [[(zero, zero); NR]; NT];
+        let step =
+            |acc: &mut [[(__m256, __m256); NR]; NT], wp: [*const u8; NR], xp: [*const f32; NT]| {
+                let wv: [(__m256, __m256); NR] =
+                    std::array::from_fn(|r| (load8::<FMT>(wp[r]), load8::<FMT>(wp[r].add(8 * es))));
+                for i in 0..NT {
+                    let (xl, xh) = (_mm256_loadu_ps(xp[i]), _mm256_loadu_ps(xp[i].add(8)));
+                    for r in 0..NR {
+                        acc[i][r].0 = _mm256_fmadd_ps(xl, wv[r].0, acc[i][r].0);
+                        acc[i][r].1 = _mm256_fmadd_ps(xh, wv[r].1, acc[i][r].1);
+                    }
+                }
+            };
+        let full = cols / 16;
+        for b in 0..full {
+            let c = b * 16;
+            step(
+                &mut acc,
+                std::array::from_fn(|r| w[r].as_ptr().add(c * es)),
+                std::array::from_fn(|i| x.as_ptr().add((t + i) * cols + c)),
+            );
+        }
+        let rest = cols - full * 16;
+        if rest > 0 {
+            let c = full * 16;
+            let mut wbuf = [[0u8; 64]; NR];
+            let mut xbuf = [[0f32; 16]; NT];
+            for r in 0..NR {
+                wbuf[r][..rest * es].copy_from_slice(&w[r][c * es..(c + rest) * es]);
+            }
+            for i in 0..NT {
+                xbuf[i][..rest].copy_from_slice(&x[(t + i) * cols + c..(t + i) * cols + c + rest]);
+            }
+            step(
+                &mut acc,
+                std::array::from_fn(|r| wbuf[r].as_ptr()),
+                std::array::from_fn(|i| xbuf[i].as_ptr()),
+            );
+        }
+        for i in 0..NT {
+            for r in 0..NR {
+                out[t + i][r] = reduce(acc[i][r].0, acc[i][r].1);
+            }
+        }
+    }
+
+    /// Activation rows `tb..tb + res.len()` × the 1..=4 weight rows of `w` into `res[t - tb][r]`.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C present; `w` holds 1..=4 rows of `cols` values in `format`; `x` holds the rows.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn block(
+        format: FloatFormat,
+        w: &[&[u8]],
+        x: &[f32],
+        cols: usize,
+        tb: usize,
+        res: &mut [[f32; 4]],
+    ) {
+        // `kernel` indexes `out` from the block's first row.
+        let x = &x[tb * cols..];
+        let n = res.len();
+        for r0 in (0..w.len()).step_by(2) {
+            let pair = &w[r0..(r0 + 2).min(w.len())];
+            let mut part = vec![[0f32; 4]; n];
+            let mut t = 0;
+            while t < n {
+                macro_rules! run {
+                    ($fmt:expr) => {
+                        match (n - t >= 2, pair.len()) {
+                            (true, 2) => kernel::<$fmt, 2, 2>(pair, x, cols, t, &mut part),
+                            (true, _) => kernel::<$fmt, 2, 1>(pair, x, cols, t, &mut part),
+                            (false, 2) => kernel::<$fmt, 1, 2>(pair, x, cols, t, &mut part),
+                            (false, _) => kernel::<$fmt, 1, 1>(pair, x, cols, t, &mut part),
+                        }
+                    };
+                }
+                match format {
+                    FloatFormat::F32 => run!(F32),
+                    FloatFormat::F16 => run!(F16),
+                    FloatFormat::BF16 => run!(BF16),
+                }
+                t += 2.min(n - t);
+            }
+            for (dst, src) in res.iter_mut().zip(&part) {
+                dst[r0..r0 + pair.len()].copy_from_slice(&src[..pair.len()]);
             }
         }
     }

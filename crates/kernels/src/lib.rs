@@ -18,6 +18,8 @@ pub mod q8;
 #[cfg(target_arch = "x86_64")]
 mod vnni;
 
-pub use float::{float_kernels_fast, float_matmul, float_matmul_with, FloatFormat};
+pub use float::{
+    float_kernels_fast, float_matmul, float_matmul_with, float_weights_in_place, FloatFormat,
+};
 pub use format::{BlockFormat, KernelError, QK, QK_K};
 pub use matmul::{dequantize_row, quant_matmul, quant_matmul_with, Isa, TILE};

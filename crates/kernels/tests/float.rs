@@ -65,44 +65,51 @@ fn reference_is_a_dot_product_of_the_stored_values() {
 
 #[test]
 fn simd_matches_the_reference_bit_for_bit_and_is_batch_invariant() {
-    if !Isa::supported(Isa::Avx512Vnni) {
-        eprintln!("skipping: no AVX-512 on this CPU (the scalar reference is what runs here)");
+    // Isa::Avx512Vnni is the AVX-512 kernel where the CPU has it (else AVX2); Isa::Avx2 the AVX2 kernel.
+    let isas: Vec<Isa> = [Isa::Avx512Vnni, Isa::Avx2]
+        .into_iter()
+        .filter(|&i| Isa::supported(Isa::Avx2) && (i == Isa::Avx2 || Isa::supported(i)))
+        .collect();
+    if isas.is_empty() {
+        eprintln!("skipping: no AVX2 on this CPU (the scalar reference is what runs here)");
         return;
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(2);
-    for format in FORMATS {
-        for (rows, cols, n) in [
-            (1, 1, 1),
-            (3, 7, 2),
-            (4, 16, 4),
-            (5, 17, 5),
-            (13, 100, 9),
-            (37, 64, 1),
-            (64, 896, 3),
-            (70, 33, 70),
-        ] {
-            let w = random_rows(format, rows, cols, &mut rng);
-            let x = random_acts(n, cols, &mut rng);
-            let simd = float_matmul_with(Isa::Avx512Vnni, format, &w, rows, cols, &x).unwrap();
-            let scalar = float_matmul_with(Isa::Scalar, format, &w, rows, cols, &x).unwrap();
-            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-            assert_eq!(
-                bits(&simd),
-                bits(&scalar),
-                "{format:?} {rows}×{cols}, {n} rows"
-            );
-            // Each activation row alone: the same bits as in the batch.
-            for t in 0..n {
-                let alone = float_matmul_with(
-                    Isa::Avx512Vnni,
-                    format,
-                    &w,
-                    rows,
-                    cols,
-                    &x[t * cols..(t + 1) * cols],
-                )
-                .unwrap();
-                assert_eq!(bits(&alone), bits(&simd[t * rows..(t + 1) * rows]));
+    for isa in isas {
+        for format in FORMATS {
+            for (rows, cols, n) in [
+                (1, 1, 1),
+                (3, 7, 2),
+                (4, 16, 4),
+                (5, 17, 5),
+                (13, 100, 9),
+                (37, 64, 1),
+                (64, 896, 3),
+                (70, 33, 70),
+            ] {
+                let w = random_rows(format, rows, cols, &mut rng);
+                let x = random_acts(n, cols, &mut rng);
+                let simd = float_matmul_with(isa, format, &w, rows, cols, &x).unwrap();
+                let scalar = float_matmul_with(Isa::Scalar, format, &w, rows, cols, &x).unwrap();
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&simd),
+                    bits(&scalar),
+                    "{format:?} {rows}×{cols}, {n} rows"
+                );
+                // Each activation row alone: the same bits as in the batch.
+                for t in 0..n {
+                    let alone = float_matmul_with(
+                        isa,
+                        format,
+                        &w,
+                        rows,
+                        cols,
+                        &x[t * cols..(t + 1) * cols],
+                    )
+                    .unwrap();
+                    assert_eq!(bits(&alone), bits(&simd[t * rows..(t + 1) * rows]));
+                }
             }
         }
     }

@@ -6,7 +6,7 @@ use baimo_formats::gguf::{GgmlType, GgufFile};
 use baimo_formats::llama2c::Llama2cCheckpoint;
 use baimo_formats::safetensors::SafeTensorsFiles;
 use baimo_formats::SharedBytes;
-use baimo_kernels::{dequantize_row, float_kernels_fast, BlockFormat, FloatFormat};
+use baimo_kernels::{dequantize_row, float_weights_in_place, BlockFormat, FloatFormat};
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
@@ -186,7 +186,7 @@ impl WeightSource for GgufFile {
             _ => None,
         };
         if let (Some(format), [rows, cols]) = (float, dims.as_slice()) {
-            if float_kernels_fast() {
+            if float_weights_in_place() {
                 return Ok(Some(Weight::FloatRows {
                     format,
                     dims: [*rows, *cols],
