@@ -129,7 +129,9 @@ pub fn finetune(store: &ModelStore, a: FinetuneArgs) -> Result<()> {
     let path = resolve_model(store, a.model.as_deref())?;
     let lm = baimo_engine::load(&path, &Default::default())
         .with_context(|| format!("loading {}", path.display()))?;
-    let mut model = if lm.model.is_float() {
+    let gguf = lm.info.format == baimo_models::ModelFormat::Gguf;
+    let mut model = if lm.model.is_float() || !gguf {
+        // Float weights (an f32 copy, or F16/BF16/F32 safetensors used in place) train as they are.
         lm.model
     } else if a.quantized_base {
         eprintln!("note: training over the quantized base as served (QLoRA-style; no f32 copy)");

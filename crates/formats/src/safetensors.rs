@@ -77,7 +77,7 @@ pub fn parse_index(json: &str) -> std::result::Result<BTreeMap<String, String>, 
 #[derive(Debug)]
 struct Shard {
     path: PathBuf,
-    bytes: Bytes,
+    bytes: std::sync::Arc<Bytes>,
 }
 
 /// A single- or multi-file safetensors checkpoint, every shard memory-mapped.
@@ -190,7 +190,7 @@ impl SafeTensorsFiles {
             })?;
         self.shards.push(Shard {
             path: path.to_path_buf(),
-            bytes,
+            bytes: std::sync::Arc::new(bytes),
         });
         Ok(headers)
     }
@@ -231,6 +231,15 @@ impl SafeTensorsFiles {
             shape: h.shape.clone(),
             data,
         })
+    }
+
+    /// Tensor `name` as a range of its mapped shard that keeps the map alive (weights used in place).
+    pub fn get_shared(&self, name: &str) -> Option<(&TensorHeader, crate::SharedBytes)> {
+        let (shard, h) = self.tensors.get(name)?;
+        let bytes = &self.shards.get(*shard)?.bytes;
+        bytes.as_slice().get(h.range.0..h.range.1)?;
+        let shared = crate::SharedBytes::new(bytes.clone(), h.range.0, h.range.1 - h.range.0);
+        Some((h, shared))
     }
 
     /// The header entry of tensor `name` (no data).

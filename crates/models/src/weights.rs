@@ -213,6 +213,23 @@ impl WeightSource for SafeTensorsFiles {
         let Some(view) = SafeTensorsFiles::get(self, name) else {
             return Ok(None);
         };
+        let float = match view.dtype {
+            baimo_formats::safetensors::Dtype::F32 => Some(FloatFormat::F32),
+            baimo_formats::safetensors::Dtype::F16 => Some(FloatFormat::F16),
+            baimo_formats::safetensors::Dtype::BF16 => Some(FloatFormat::BF16),
+            _ => None,
+        };
+        if let (Some(format), [rows, cols]) = (float, view.shape.as_slice()) {
+            if float_weights_in_place() {
+                if let Some((_, data)) = self.get_shared(name) {
+                    return Ok(Some(Weight::FloatRows {
+                        format,
+                        dims: [*rows, *cols],
+                        data,
+                    }));
+                }
+            }
+        }
         let dtype = match view.dtype {
             baimo_formats::safetensors::Dtype::F32 => DType::F32,
             baimo_formats::safetensors::Dtype::F16 => DType::F16,
