@@ -170,42 +170,24 @@ pub fn float_matmul_with(
         .for_each(|(ci, wchunk)| {
             let r0 = ci * chunk;
             let wrows: Vec<&[u8]> = wchunk.chunks_exact(row_bytes).collect();
-            // F16/BF16 rows met by many activation rows are widened to f32 once (exactly) into a scratch
-            // group, so the conversion is not repeated for every tile of activation rows.
-            let mut scratch: Vec<u8> = Vec::new();
             // Activation rows in blocks that stay in cache while every row group of the chunk passes over them.
             for tb in (0..n).step_by(64) {
                 let tend = (tb + 64).min(n);
                 let groups: Vec<&[&[u8]]> = wrows.chunks(4).collect();
                 for (g, &group) in groups.iter().enumerate() {
                     let next: &[&[u8]] = groups.get(g + 1).copied().unwrap_or(&[]);
-                    #[cfg(target_arch = "x86_64")]
-                    let widened: Vec<&[u8]>;
-                    #[allow(unused_mut)]
-                    let (mut fmt, mut group) = (format, group);
-                    #[cfg(target_arch = "x86_64")]
-                    if simd && format != FloatFormat::F32 && tend - tb >= 8 {
-                        scratch.resize(group.len() * cols * 4, 0);
-                        for (src, dst) in group.iter().zip(scratch.chunks_exact_mut(cols * 4)) {
-                            // SAFETY: AVX-512 F/BW/VL were detected; `src` holds `cols` values and `dst`
-                            // room for as many f32.
-                            unsafe { avx512::widen(format, src, dst, cols) };
-                        }
-                        widened = scratch.chunks_exact(cols * 4).collect();
-                        (fmt, group) = (FloatFormat::F32, &widened);
-                    }
                     let mut res = [[0f32; 4]; 64];
                     let res = &mut res[..tend - tb];
                     #[cfg(target_arch = "x86_64")]
                     if simd {
                         // SAFETY: AVX-512 F/BW/VL were detected; `group` holds 1..=4 rows of `cols` values in
-                        // `fmt`; `x` holds rows tb..tend of `cols` values.
-                        unsafe { avx512::block(fmt, group, next, x, cols, tb, res) };
+                        // `format`; `x` holds rows tb..tend of `cols` values.
+                        unsafe { avx512::block(format, group, next, x, cols, tb, res) };
                     }
                     #[cfg(target_arch = "x86_64")]
                     if kind == Simd::Avx2 {
                         // SAFETY: AVX2, FMA and F16C were detected; as for the AVX-512 call.
-                        unsafe { avx2f::block(fmt, group, x, cols, tb, res) };
+                        unsafe { avx2f::block(format, group, x, cols, tb, res) };
                     }
                     if kind == Simd::None {
                         for (i, b) in res.iter_mut().enumerate() {
@@ -249,35 +231,6 @@ mod avx512 {
                 let h = _mm256_maskz_loadu_epi16(mask, p as *const i16);
                 _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
             }
-        }
-    }
-
-    /// Widens a row of `cols` values to f32 (exactly) into `dst`.
-    ///
-    /// # Safety
-    /// AVX-512 F/BW/VL present; `src` holds `cols` values in `format`, `dst` at least `4·cols` bytes.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    pub unsafe fn widen(format: FloatFormat, src: &[u8], dst: &mut [u8], cols: usize) {
-        #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-        unsafe fn run<const FMT: u8>(src: &[u8], dst: &mut [u8], cols: usize) {
-            let es = if FMT == F32 { 4 } else { 2 };
-            let d = dst.as_mut_ptr() as *mut f32;
-            let mut c = 0;
-            while c < cols {
-                let k = 16.min(cols - c);
-                let mask: __mmask16 = if k == 16 {
-                    !0
-                } else {
-                    ((1u32 << k) - 1) as __mmask16
-                };
-                _mm512_mask_storeu_ps(d.add(c), mask, load::<FMT>(src.as_ptr().add(c * es), mask));
-                c += 16;
-            }
-        }
-        match format {
-            FloatFormat::F32 => run::<F32>(src, dst, cols),
-            FloatFormat::F16 => run::<F16>(src, dst, cols),
-            FloatFormat::BF16 => run::<BF16>(src, dst, cols),
         }
     }
 

@@ -90,6 +90,20 @@ fn kernel_matmul_t(w: &Tensor, x: &[f32]) -> Option<Result<Vec<f32>>> {
     )
 }
 
+/// The values of a custom op's contiguous f32 input (the frozen products make their input contiguous).
+fn contiguous_f32<'a>(
+    storage: &'a candle_core::CpuStorage,
+    layout: &candle_core::Layout,
+    op: &str,
+) -> candle_core::Result<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (candle_core::CpuStorage::F32(data), Some((a, b))) => Ok(&data[a..b]),
+        _ => Err(candle_core::Error::Msg(format!(
+            "{op}: activations must be contiguous f32"
+        ))),
+    }
+}
+
 /// `x Wᵀ` with `W` (out, in) a constant: differentiable with respect to `x` only. candle's matmul backward
 /// computes both operands' gradients, and for a frozen base weight that is a third of a training step's GEMM
 /// work plus a weight-sized gradient allocated and summed per sequence, all thrown away.
@@ -105,17 +119,7 @@ impl candle_core::CustomOp1 for FrozenMatmul {
         storage: &candle_core::CpuStorage,
         layout: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let candle_core::CpuStorage::F32(data) = storage else {
-            return Err(candle_core::Error::Msg(
-                "frozen-matmul: activations must be f32".into(),
-            ));
-        };
-        let Some((a, b)) = layout.contiguous_offsets() else {
-            return Err(candle_core::Error::Msg(
-                "frozen-matmul: activations must be contiguous".into(),
-            ));
-        };
-        let xs = &data[a..b];
+        let xs = contiguous_f32(storage, layout, self.name())?;
         let (out, inp) = self.0.dims2()?;
         let dims = layout.dims();
         let mut shape = dims.to_vec();
@@ -186,14 +190,7 @@ impl candle_core::CustomOp1 for FrozenStored {
         storage: &candle_core::CpuStorage,
         layout: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let (candle_core::CpuStorage::F32(data), Some((a, b))) =
-            (storage, layout.contiguous_offsets())
-        else {
-            return Err(candle_core::Error::Msg(
-                "frozen-stored-matmul: activations must be contiguous f32".into(),
-            ));
-        };
-        let x = &data[a..b];
+        let x = contiguous_f32(storage, layout, self.name())?;
         let y = match &self.weight {
             LinearWeight::Blocks { format, data } => {
                 quant_matmul(*format, data, self.out, self.inp, x)
