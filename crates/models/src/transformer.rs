@@ -124,11 +124,44 @@ impl Attention {
 
     /// Causal softmax attention of `q` (heads, seq, hd) at positions `start..` over `k_all`, `v_all`
     /// (kv_heads, start + seq, hd); returns (seq, heads·hd).
+    ///
+    /// Long prompts run in chunks of [`ATTENTION_CHUNK`] query rows, each over the keys it can see: the score
+    /// matrices (heads × rows × keys, three of them alive at once) otherwise dominate a 512-token prefill's
+    /// memory (~44 MiB for the 0.5B models), and the keys past a chunk's last row are never computed.
     fn attend_dense(
         &self,
         q: Tensor,
         k_all: Tensor,
         v_all: Tensor,
+        start: usize,
+    ) -> Result<Tensor> {
+        let seq = q.dim(1)?;
+        if seq <= ATTENTION_CHUNK {
+            return self.attend_chunk(q, &k_all, &v_all, start);
+        }
+        let mut outs = Vec::with_capacity(seq.div_ceil(ATTENTION_CHUNK));
+        let mut at = 0;
+        while at < seq {
+            let n = ATTENTION_CHUNK.min(seq - at);
+            let visible = start + at + n;
+            outs.push(self.attend_chunk(
+                q.narrow(1, at, n)?.contiguous()?,
+                &k_all.narrow(1, 0, visible)?,
+                &v_all.narrow(1, 0, visible)?,
+                start + at,
+            )?);
+            at += n;
+        }
+        Ok(Tensor::cat(&outs, 0)?)
+    }
+
+    /// [`Self::attend_dense`] for one chunk: `q` (heads, seq, hd) at positions `start..start + seq` over
+    /// `k_all`, `v_all` (kv_heads, start + seq, hd).
+    fn attend_chunk(
+        &self,
+        q: Tensor,
+        k_all: &Tensor,
+        v_all: &Tensor,
         start: usize,
     ) -> Result<Tensor> {
         let seq = q.dim(1)?;
@@ -207,6 +240,9 @@ fn project(l: &Linear, x: &Tensor, layer: usize, slot: usize, pass: Pass) -> Res
 }
 
 /// 0 where query i (absolute position start+i) may attend key j, -inf after it.
+/// Query rows per attention chunk (see [`Attention::attend_dense`]).
+const ATTENTION_CHUNK: usize = 128;
+
 fn causal_mask(seq: usize, start: usize, total: usize) -> Result<Tensor> {
     let mask: Vec<f32> = (0..seq)
         .flat_map(|i| {

@@ -101,6 +101,46 @@ fn paged_matches_contiguous() {
     }
 }
 
+/// A 300-token prompt in one single-sequence pass (its attention runs in chunks of 128 query rows) against the
+/// paged pass, whose per-row attention never chunks, fed in pieces that straddle the chunk boundaries.
+#[test]
+fn long_prompt_attention_chunks_match_paged() {
+    for rel in [
+        "llama-gqa/llama-gqa-F32.gguf",
+        "llama-mha-rope3/llama-mha-rope3-F16.gguf",
+    ] {
+        let m = load(rel);
+        let vocab = m.config().vocab_size;
+        let prompt = tokens(5, 300, vocab);
+        let mut cache = KvCache::new(m.config(), 512);
+        let want = to_vec(&m.forward(&prompt, &mut cache, Logits::All).unwrap());
+
+        let mut pool = PagedKvCache::new(m.config(), 4, 80).unwrap();
+        let table: Vec<u32> = (0..75).rev().collect();
+        let mut got = Vec::new();
+        let mut pos = 0;
+        for n in [100, 60, 140] {
+            let s = SeqSlice {
+                tokens: &prompt[pos..pos + n],
+                start: pos,
+                block_table: &table,
+                logits: Logits::All,
+                adapter: None,
+            };
+            got.extend(to_vec(&m.forward_paged(&[s], &mut pool).unwrap()[0]));
+            pos += n;
+        }
+        assert_eq!(want.len(), got.len());
+        let range = want.iter().fold(0f32, |a, &x| a.max(x.abs())).max(1.0);
+        let worst = want
+            .iter()
+            .zip(&got)
+            .fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+        println!("{rel}: 300-token prompt, max|err| {worst:.2e} (range {range:.2})");
+        assert!(worst <= 1e-4 * range, "{rel}: {worst}");
+    }
+}
+
 #[test]
 fn batch_invariance() {
     let mut failed = Vec::new();
