@@ -170,6 +170,25 @@ pub fn float_matmul_with(
         .for_each(|(ci, wchunk)| {
             let r0 = ci * chunk;
             let wrows: Vec<&[u8]> = wchunk.chunks_exact(row_bytes).collect();
+            #[cfg(target_arch = "x86_64")]
+            if simd && n > avx512::TT {
+                // Batches bigger than one register tile: the loop order that keeps activations in L1.
+                let mut res = vec![0f32; 64 * wrows.len()];
+                for tb in (0..n).step_by(64) {
+                    let tn = (tb + 64).min(n) - tb;
+                    let res = &mut res[..tn * wrows.len()];
+                    // SAFETY: AVX-512 F/BW/VL were detected; every row of `wrows` holds `cols` values in
+                    // `format`; `x` holds rows tb..tb + tn of `cols` values.
+                    unsafe { avx512::panel(format, &wrows, x, cols, tb, tn, res) };
+                    for (i, vals) in res.chunks_exact(wrows.len()).enumerate() {
+                        for (r, v) in vals.iter().enumerate() {
+                            // SAFETY: as below.
+                            unsafe { dst.write((tb + i) * rows + r0 + r, *v) };
+                        }
+                    }
+                }
+                return;
+            }
             // Activation rows in blocks that stay in cache while every row group of the chunk passes over them.
             for tb in (0..n).step_by(64) {
                 let tend = (tb + 64).min(n);
@@ -251,7 +270,7 @@ mod avx512 {
     /// the lane sums in `acc` in the reference's order (the masked tail when `c1` is the row end).
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    unsafe fn kernel<const FMT: u8, const NT: usize, const NR: usize>(
+    unsafe fn kernel<const FMT: u8, const NT: usize, const NR: usize, const PF: bool>(
         w: &[&[u8]],
         x: &[f32],
         cols: usize,
@@ -274,7 +293,7 @@ mod avx512 {
             let c = c0 + b * 16;
             let wv: [__m512; NR] = std::array::from_fn(|r| load::<FMT>(wp[r].add(c * es), !0));
             for p in pf {
-                if !p.is_null() {
+                if PF && !p.is_null() {
                     _mm_prefetch::<_MM_HINT_T0>(p.add(c * es) as *const i8);
                 }
             }
@@ -304,18 +323,123 @@ mod avx512 {
         }
     }
 
-    /// Columns per pass over a row group: its slice of the group and of an activation tile stay in L1 while
-    /// the block's activation tiles pass over it.
-    const KC: usize = 512;
+    /// [`kernel`] for a tile of `nt` activation rows (1..=6) and the 1..=4 weight rows of `w`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile(
+        format: FloatFormat,
+        nt: usize,
+        w: &[&[u8]],
+        x: &[f32],
+        cols: usize,
+        t: usize,
+        (c0, c1): (usize, usize),
+        st: &mut [[__m512; 4]; TT],
+        next: &[&[u8]],
+    ) {
+        macro_rules! by_shape {
+            ($fmt:expr, $pf:expr) => {
+                match (nt, w.len()) {
+                    (1, 1) => kernel::<$fmt, 1, 1, $pf>(w, x, cols, t, (c0, c1), st, next),
+                    (1, 2) => kernel::<$fmt, 1, 2, $pf>(w, x, cols, t, (c0, c1), st, next),
+                    (1, 3) => kernel::<$fmt, 1, 3, $pf>(w, x, cols, t, (c0, c1), st, next),
+                    (1, _) => kernel::<$fmt, 1, 4, $pf>(w, x, cols, t, (c0, c1), st, next),
+                    (2, 1) => kernel::<$fmt, 2, 1, $pf>(w, x, cols, t, (c0, c1), st, next),
+                    (2, 2) => kernel::<$fmt, 2, 2, $pf>(w, x, cols, t, (c0, c1), st, next),
+                    (2, 3) => kernel::<$fmt, 2, 3, $pf>(w, x, cols, t, (c0, c1), st, next),
+                    (2, _) => kernel::<$fmt, 2, 4, $pf>(w, x, cols, t, (c0, c1), st, next),
+                    (3, 1) => kernel::<$fmt, 3, 1, $pf>(w, x, cols, t, (c0, c1), st, next),
+                    (3, 2) => kernel::<$fmt, 3, 2, $pf>(w, x, cols, t, (c0, c1), st, next),
+                    (3, 3) => kernel::<$fmt, 3, 3, $pf>(w, x, cols, t, (c0, c1), st, next),
+                    (3, _) => kernel::<$fmt, 3, 4, $pf>(w, x, cols, t, (c0, c1), st, next),
+                    (4, 1) => kernel::<$fmt, 4, 1, $pf>(w, x, cols, t, (c0, c1), st, next),
+                    (4, 2) => kernel::<$fmt, 4, 2, $pf>(w, x, cols, t, (c0, c1), st, next),
+                    (4, 3) => kernel::<$fmt, 4, 3, $pf>(w, x, cols, t, (c0, c1), st, next),
+                    (4, _) => kernel::<$fmt, 4, 4, $pf>(w, x, cols, t, (c0, c1), st, next),
+                    (5, 1) => kernel::<$fmt, 5, 1, $pf>(w, x, cols, t, (c0, c1), st, next),
+                    (5, 2) => kernel::<$fmt, 5, 2, $pf>(w, x, cols, t, (c0, c1), st, next),
+                    (5, 3) => kernel::<$fmt, 5, 3, $pf>(w, x, cols, t, (c0, c1), st, next),
+                    (5, _) => kernel::<$fmt, 5, 4, $pf>(w, x, cols, t, (c0, c1), st, next),
+                    (_, 1) => kernel::<$fmt, 6, 1, $pf>(w, x, cols, t, (c0, c1), st, next),
+                    (_, 2) => kernel::<$fmt, 6, 2, $pf>(w, x, cols, t, (c0, c1), st, next),
+                    (_, 3) => kernel::<$fmt, 6, 3, $pf>(w, x, cols, t, (c0, c1), st, next),
+                    (_, _) => kernel::<$fmt, 6, 4, $pf>(w, x, cols, t, (c0, c1), st, next),
+                }
+            };
+        }
+        match format {
+            FloatFormat::F32 if next.is_empty() => by_shape!(F32, false),
+            FloatFormat::F16 if next.is_empty() => by_shape!(F16, false),
+            FloatFormat::BF16 if next.is_empty() => by_shape!(BF16, false),
+            FloatFormat::F32 => by_shape!(F32, true),
+            FloatFormat::F16 => by_shape!(F16, true),
+            FloatFormat::BF16 => by_shape!(BF16, true),
+        }
+    }
 
-    /// Activation rows per register tile (× 4 weight rows: 24 accumulators).
-    const TT: usize = 6;
+    /// Columns per pass in [`panel`]: an activation tile's slice (6 rows × 1,024 f32 = 24 KiB) stays in L1
+    /// while every row group of the panel passes over it.
+    const PANEL_KC: usize = 1024;
 
-    /// Activation rows `tb..tb + res.len()` × the 1..=4 weight rows of `w` into `res[t - tb][r]`; `next`: the
-    /// rows the caller multiplies next (prefetched).
+    /// Activation rows `tb..tb + n` × every row of `w` (a chunk of weight rows) into
+    /// `res[(t - tb) * w.len() + r]`, for batches (more than one tile of activation rows).
+    ///
+    /// [`block`] takes one group of four weight rows past all the activation tiles, so the activations
+    /// (six rows per tile, f32) stream from L2 for every group while the compact weights sit in L1; here each
+    /// activation tile (a column block of it) stays in L1 while all the groups stream past it. The lane sums
+    /// of every (tile, group) pair carry over between column blocks, so each output keeps the reference's
+    /// order.
     ///
     /// # Safety
-    /// AVX-512 F/BW/VL present; `w` holds 1..=4 rows of `cols` values in `format`; `x` holds the rows.
+    /// AVX-512 F/BW/VL present; every row of `w` holds `cols` values in `format`; `x` holds the rows.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn panel(
+        format: FloatFormat,
+        w: &[&[u8]],
+        x: &[f32],
+        cols: usize,
+        tb: usize,
+        n: usize,
+        res: &mut [f32],
+    ) {
+        let groups: Vec<&[&[u8]]> = w.chunks(4).collect();
+        let tiles = n.div_ceil(TT);
+        let mut state = vec![[[_mm512_setzero_ps(); 4]; TT]; tiles * groups.len()];
+        let mut c0 = 0;
+        while c0 < cols {
+            let c1 = (c0 + PANEL_KC).min(cols);
+            for ti in 0..tiles {
+                let nt = TT.min(n - TT * ti);
+                for (g, group) in groups.iter().enumerate() {
+                    let st = &mut state[ti * groups.len() + g];
+                    tile(format, nt, group, x, cols, tb + TT * ti, (c0, c1), st, &[]);
+                }
+            }
+            c0 = c1;
+        }
+        for ti in 0..tiles {
+            for (g, group) in groups.iter().enumerate() {
+                let st = &state[ti * groups.len() + g];
+                for i in 0..TT.min(n - TT * ti) {
+                    for r in 0..group.len() {
+                        res[(TT * ti + i) * w.len() + 4 * g + r] = reduce(st[i][r]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Activation rows per register tile (× 4 weight rows: 24 accumulators).
+    pub(super) const TT: usize = 6;
+
+    /// Activation rows `tb..tb + res.len()` (at most one tile, [`TT`]: decode and small batches) × the 1..=4
+    /// weight rows of `w` into `res[t - tb][r]`, whole rows at a time; `next`: the rows the caller multiplies
+    /// next (prefetched: each row is streamed once). Bigger batches take [`panel`].
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VL present; `w` holds 1..=4 rows of `cols` values in `format`; `x` holds the rows;
+    /// `res.len() <= TT`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub unsafe fn block(
         format: FloatFormat,
@@ -327,61 +451,12 @@ mod avx512 {
         res: &mut [[f32; 4]],
     ) {
         let n = res.len();
-        // Prefetching pays only when rows are streamed once (decode); with more activation tiles the group
-        // is re-read from cache.
-        let next = if n <= TT { next } else { &[] };
-        let mut state = vec![[[_mm512_setzero_ps(); 4]; TT]; n.div_ceil(TT)];
-        // One activation tile (decode) reuses nothing across tiles: stream whole rows.
-        let kc = if n <= TT { cols } else { KC };
-        let mut c0 = 0;
-        while c0 < cols {
-            let c1 = (c0 + kc).min(cols);
-            for (ti, st) in state.iter_mut().enumerate() {
-                let t = tb + TT * ti;
-                let nt = TT.min(n - TT * ti);
-                macro_rules! by_shape {
-                    ($fmt:expr) => {
-                        match (nt, w.len()) {
-                            (1, 1) => kernel::<$fmt, 1, 1>(w, x, cols, t, (c0, c1), st, next),
-                            (1, 2) => kernel::<$fmt, 1, 2>(w, x, cols, t, (c0, c1), st, next),
-                            (1, 3) => kernel::<$fmt, 1, 3>(w, x, cols, t, (c0, c1), st, next),
-                            (1, _) => kernel::<$fmt, 1, 4>(w, x, cols, t, (c0, c1), st, next),
-                            (2, 1) => kernel::<$fmt, 2, 1>(w, x, cols, t, (c0, c1), st, next),
-                            (2, 2) => kernel::<$fmt, 2, 2>(w, x, cols, t, (c0, c1), st, next),
-                            (2, 3) => kernel::<$fmt, 2, 3>(w, x, cols, t, (c0, c1), st, next),
-                            (2, _) => kernel::<$fmt, 2, 4>(w, x, cols, t, (c0, c1), st, next),
-                            (3, 1) => kernel::<$fmt, 3, 1>(w, x, cols, t, (c0, c1), st, next),
-                            (3, 2) => kernel::<$fmt, 3, 2>(w, x, cols, t, (c0, c1), st, next),
-                            (3, 3) => kernel::<$fmt, 3, 3>(w, x, cols, t, (c0, c1), st, next),
-                            (3, _) => kernel::<$fmt, 3, 4>(w, x, cols, t, (c0, c1), st, next),
-                            (4, 1) => kernel::<$fmt, 4, 1>(w, x, cols, t, (c0, c1), st, next),
-                            (4, 2) => kernel::<$fmt, 4, 2>(w, x, cols, t, (c0, c1), st, next),
-                            (4, 3) => kernel::<$fmt, 4, 3>(w, x, cols, t, (c0, c1), st, next),
-                            (4, _) => kernel::<$fmt, 4, 4>(w, x, cols, t, (c0, c1), st, next),
-                            (5, 1) => kernel::<$fmt, 5, 1>(w, x, cols, t, (c0, c1), st, next),
-                            (5, 2) => kernel::<$fmt, 5, 2>(w, x, cols, t, (c0, c1), st, next),
-                            (5, 3) => kernel::<$fmt, 5, 3>(w, x, cols, t, (c0, c1), st, next),
-                            (5, _) => kernel::<$fmt, 5, 4>(w, x, cols, t, (c0, c1), st, next),
-                            (_, 1) => kernel::<$fmt, 6, 1>(w, x, cols, t, (c0, c1), st, next),
-                            (_, 2) => kernel::<$fmt, 6, 2>(w, x, cols, t, (c0, c1), st, next),
-                            (_, 3) => kernel::<$fmt, 6, 3>(w, x, cols, t, (c0, c1), st, next),
-                            (_, _) => kernel::<$fmt, 6, 4>(w, x, cols, t, (c0, c1), st, next),
-                        }
-                    };
-                }
-                match format {
-                    FloatFormat::F32 => by_shape!(F32),
-                    FloatFormat::F16 => by_shape!(F16),
-                    FloatFormat::BF16 => by_shape!(BF16),
-                }
-            }
-            c0 = c1;
-        }
-        for (ti, st) in state.iter().enumerate() {
-            for i in 0..TT.min(n - TT * ti) {
-                for r in 0..w.len() {
-                    res[TT * ti + i][r] = reduce(st[i][r]);
-                }
+        debug_assert!(n <= TT);
+        let mut st = [[_mm512_setzero_ps(); 4]; TT];
+        tile(format, n, w, x, cols, tb, (0, cols), &mut st, next);
+        for (i, out) in res.iter_mut().enumerate() {
+            for r in 0..w.len() {
+                out[r] = reduce(st[i][r]);
             }
         }
     }

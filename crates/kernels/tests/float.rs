@@ -86,6 +86,9 @@ fn simd_matches_the_reference_bit_for_bit_and_is_batch_invariant() {
                 (37, 64, 1),
                 (64, 896, 3),
                 (70, 33, 70),
+                // Batches over several column blocks (1,024) and several activation blocks (64).
+                (9, 2100, 13),
+                (5, 40, 130),
             ] {
                 let w = random_rows(format, rows, cols, &mut rng);
                 let x = random_acts(n, cols, &mut rng);
