@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{mpsc as std_mpsc, Arc};
 
 use baimo_models::{Logits, PagedKvCache, SeqSlice};
+use rayon::prelude::*;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -19,7 +20,7 @@ use crate::logprobs::{log_softmax, top_logprobs};
 use crate::serving::{
     Command, EngineConfig, EngineStats, Event, PromptTokenLogprob, Submission, Usage,
 };
-use crate::stepper::{piece, Stepper};
+use crate::stepper::{piece, StepOutput, Stepper};
 use crate::{FinishReason, GenRequest, LoadedModel, TopLogprob};
 
 struct Seq<'m> {
@@ -345,9 +346,12 @@ impl<'m> Scheduler<'m> {
             }
         };
 
+        // 1. Bookkeeping, in order: positions computed, prefix-cache blocks, prompt log-probabilities; the
+        //    last row of every sequence that now samples a token.
         let mut done: Vec<usize> = Vec::new();
+        let mut last_rows: Vec<Option<Vec<f32>>> = vec![None; self.running.len()];
         for (&(i, n), l) in plan.iter().zip(logits) {
-            let rows = match l
+            let mut rows = match l
                 .to_dtype(candle_core::DType::F32)
                 .and_then(|t| t.to_vec2::<f32>())
             {
@@ -379,13 +383,32 @@ impl<'m> Scheduler<'m> {
                     seq.send(Event::PromptLogprobs(lp));
                 }
             }
-            let Some(last) = rows.last() else { continue };
-            // Prompt plus completion never exceed the context window (as in `Session::generate`).
-            let mut out = if seq.computed >= self.cfg.ctx {
-                seq.stepper.finish(FinishReason::Length)
-            } else {
-                seq.stepper.step(last)
-            };
+            last_rows[i] = rows.pop();
+        }
+
+        // 2. Sampling (penalties, top-k/p over the whole vocabulary, detokenization, stop strings): each
+        //    sequence on its own, so the sequences of a batch are sampled in parallel.
+        let ctx = self.cfg.ctx;
+        let outs: Vec<(usize, StepOutput)> = self
+            .running
+            .par_iter_mut()
+            .zip(last_rows.par_iter())
+            .enumerate()
+            .filter_map(|(i, (seq, last))| {
+                let last = last.as_ref()?;
+                // Prompt plus completion never exceed the context window (as in `Session::generate`).
+                let out = if seq.computed >= ctx {
+                    seq.stepper.finish(FinishReason::Length)
+                } else {
+                    seq.stepper.step(last)
+                };
+                Some((i, out))
+            })
+            .collect();
+
+        // 3. Stream the results and retire finished sequences.
+        for (i, mut out) in outs {
+            let seq = &mut self.running[i];
             if let Some(token) = out.token.take() {
                 seq.tokens.push(token.id);
                 self.stats.generated_tokens.fetch_add(1, Ordering::Relaxed);

@@ -22,4 +22,6 @@ pub use float::{
     float_kernels_fast, float_matmul, float_matmul_with, float_weights_in_place, FloatFormat,
 };
 pub use format::{BlockFormat, KernelError, QK, QK_K};
-pub use matmul::{dequantize_row, quant_matmul, quant_matmul_with, Isa, TILE};
+pub use matmul::{
+    dequantize_row, quant_matmul, quant_matmul_many, quant_matmul_with, Isa, QuantMatrix, TILE,
+};

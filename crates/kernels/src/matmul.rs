@@ -118,15 +118,112 @@ pub fn quant_matmul_with(
     cols: usize,
     x: &[f32],
 ) -> Result<Vec<f32>, KernelError> {
+    let isa = resolve(isa);
+    let row_bytes = check(format, w, rows, cols, x)?;
+    let n = x.len() / cols;
+    let acts = if format.is_k() {
+        Acts::Q8K(Q8KActs::quantize(x, cols))
+    } else {
+        Acts::Q8(Q8Acts::quantize(x, cols))
+    };
+    let mut out = vec![0f32; n * rows];
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni && n >= vnni_min_rows() {
+        match &acts {
+            Acts::Q8K(a) => crate::vnni::matmul_k(format, w, rows, row_bytes, a, &mut out),
+            Acts::Q8(a) => crate::vnni::matmul_32(format, w, rows, row_bytes, a, &mut out),
+        }
+        return Ok(out);
+    }
+    let direct = Direct::new(isa, format, rows, row_bytes, n, &acts);
+    let chunk = direct.chunk_rows();
+    let dst = SendPtr(out.as_mut_ptr());
+    w.par_chunks(chunk * row_bytes)
+        .enumerate()
+        .for_each(|(ci, wchunk)| direct.run(wchunk, ci * chunk, dst));
+    Ok(out)
+}
+
+/// One weight matrix of a [`quant_matmul_many`] call: `rows` rows of the call's `cols` values in `format`.
+#[derive(Clone, Copy)]
+pub struct QuantMatrix<'a> {
+    pub format: BlockFormat,
+    pub data: &'a [u8],
+    pub rows: usize,
+}
+
+/// Several weight matrices over the same activations (a layer's q, k and v; gate and up): `out[i]` is
+/// [`quant_matmul`] of `ws[i]`, bit for bit. For few activation rows (decode) the activations are quantized
+/// once per kind and every product runs in one parallel region, so the threads meet once instead of once per
+/// matrix; batches (the packed kernels) run matrix after matrix.
+pub fn quant_matmul_many(
+    ws: &[QuantMatrix],
+    cols: usize,
+    x: &[f32],
+) -> Result<Vec<Vec<f32>>, KernelError> {
+    let isa = resolve(Isa::detect());
+    let mut row_bytes = Vec::with_capacity(ws.len());
+    for m in ws {
+        row_bytes.push(check(m.format, m.data, m.rows, cols, x)?);
+    }
+    let n = x.len() / cols;
+    if isa == Isa::Avx512Vnni && n >= vnni_min_rows() || ws.len() < 2 {
+        return ws
+            .iter()
+            .map(|m| quant_matmul_with(isa, m.format, m.data, m.rows, cols, x))
+            .collect();
+    }
+    let q8 = ws
+        .iter()
+        .any(|m| !m.format.is_k())
+        .then(|| Acts::Q8(Q8Acts::quantize(x, cols)));
+    let q8k = ws
+        .iter()
+        .any(|m| m.format.is_k())
+        .then(|| Acts::Q8K(Q8KActs::quantize(x, cols)));
+    let mut outs: Vec<Vec<f32>> = ws.iter().map(|m| vec![0f32; n * m.rows]).collect();
+    let mut tasks = Vec::new();
+    let mut directs = Vec::with_capacity(ws.len());
+    for (i, m) in ws.iter().enumerate() {
+        let Some(acts) = (if m.format.is_k() { &q8k } else { &q8 }) else {
+            unreachable!("quantized above for every kind present")
+        };
+        let d = Direct::new(isa, m.format, m.rows, row_bytes[i], n, acts);
+        let chunk = d.chunk_rows();
+        tasks.extend((0..m.rows.div_ceil(chunk)).map(|c| (i, c * chunk, chunk)));
+        directs.push(d);
+    }
+    let dsts: Vec<SendPtr> = outs.iter_mut().map(|o| SendPtr(o.as_mut_ptr())).collect();
+    tasks.par_iter().for_each(|&(i, r0, chunk)| {
+        let rb = row_bytes[i];
+        let data = ws[i].data;
+        let wchunk = &data[r0 * rb..((r0 + chunk) * rb).min(data.len())];
+        directs[i].run(wchunk, r0, dsts[i]);
+    });
+    Ok(outs)
+}
+
+/// Falls back from a kernel this CPU lacks to the next best.
+fn resolve(isa: Isa) -> Isa {
     let isa = match isa {
         Isa::Avx512Vnni if !vnni_available() => Isa::Avx2,
         other => other,
     };
-    let isa = if isa == Isa::Avx2 && !avx2_available() {
+    if isa == Isa::Avx2 && !avx2_available() {
         Isa::Scalar
     } else {
         isa
-    };
+    }
+}
+
+/// Validates a product's shapes; returns the bytes per weight row.
+fn check(
+    format: BlockFormat,
+    w: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+) -> Result<usize, KernelError> {
     let block = format.block_len();
     if !cols.is_multiple_of(block) {
         return Err(KernelError::RaggedRow {
@@ -148,84 +245,116 @@ pub fn quant_matmul_with(
     if cols == 0 || !x.len().is_multiple_of(cols) {
         return Err(KernelError::ActivationSize { len: x.len(), cols });
     }
-    let n = x.len() / cols;
-    let acts = if format.is_k() {
-        Acts::Q8K(Q8KActs::quantize(x, cols))
-    } else {
-        Acts::Q8(Q8Acts::quantize(x, cols))
-    };
-    let mut out = vec![0f32; n * rows];
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512Vnni && n >= vnni_min_rows() {
-        match &acts {
-            Acts::Q8K(a) => crate::vnni::matmul_k(format, w, rows, row_bytes, a, &mut out),
-            Acts::Q8(a) => crate::vnni::matmul_32(format, w, rows, row_bytes, a, &mut out),
-        }
-        return Ok(out);
-    }
-    // Few activation rows do not pay for packing the weights: the direct kernels (same results) run them.
-    let direct_vnni = isa == Isa::Avx512Vnni;
-    let isa = if direct_vnni { Isa::Avx2 } else { isa };
-    let chunk = chunk_rows(rows, n);
-    let dst = SendPtr(out.as_mut_ptr());
-    #[cfg(target_arch = "x86_64")]
-    if let (Isa::Avx2, Acts::Q8(a)) = (isa, &acts) {
-        // Eight weight rows per kernel call, with one activation row (AVX2) or up to four (VNNI).
-        let isum = if direct_vnni && crate::vnni::rows_32_needs_sums(format) {
-            crate::vnni::block_sums(a)
-        } else {
-            Vec::new()
+    Ok(row_bytes)
+}
+
+/// The direct (unpacked) kernels over one weight matrix: few activation rows, each weight block unpacked once
+/// for up to four rows (VNNI) or a [`TILE`].
+struct Direct<'a> {
+    isa: Isa,
+    /// The VNNI row kernels for 32-element formats (AVX-512 CPUs); else `isa`'s.
+    vnni: bool,
+    format: BlockFormat,
+    rows: usize,
+    row_bytes: usize,
+    n: usize,
+    acts: &'a Acts,
+    /// Per-block activation sums the VNNI kernels of some formats need.
+    isum: Vec<i32>,
+}
+
+impl<'a> Direct<'a> {
+    fn new(
+        isa: Isa,
+        format: BlockFormat,
+        rows: usize,
+        row_bytes: usize,
+        n: usize,
+        acts: &'a Acts,
+    ) -> Self {
+        // Few activation rows do not pay for packing the weights: the direct kernels (same results) run them.
+        let vnni = isa == Isa::Avx512Vnni;
+        let isa = if vnni { Isa::Avx2 } else { isa };
+        #[cfg(target_arch = "x86_64")]
+        let isum = match acts {
+            Acts::Q8(a) if vnni && crate::vnni::rows_32_needs_sums(format) => {
+                crate::vnni::block_sums(a)
+            }
+            _ => Vec::new(),
         };
-        let chunk = chunk.next_multiple_of(8);
-        w.par_chunks(chunk * row_bytes)
-            .enumerate()
-            .for_each(|(ci, wchunk)| {
-                let r0 = ci * chunk;
-                let wrows: Vec<&[u8]> = wchunk.chunks_exact(row_bytes).collect();
-                let mut buf = [[0f32; 8]; 4];
-                for (g, group) in wrows.chunks(8).enumerate() {
-                    // The VNNI kernel takes up to four activation rows per weight-block unpack.
-                    let step = if direct_vnni { 4 } else { 1 };
-                    for t0 in (0..n).step_by(step) {
-                        let nt = step.min(n - t0);
-                        // SAFETY: the kernel's CPU features were detected; `group` holds 1..=8 whole rows;
-                        // `isum` has every row's block sums when the VNNI kernel runs.
-                        unsafe {
-                            if direct_vnni {
-                                crate::vnni::rows_32(format, group, a, &isum, t0, &mut buf[..nt])
-                            } else {
-                                crate::avx2::rows_32(format, group, a, t0, &mut buf[0])
-                            }
-                        };
-                        for (i, vals) in buf[..nt].iter().enumerate() {
-                            for (k, v) in vals[..group.len()].iter().enumerate() {
-                                // SAFETY: as below; rows r0+8g+k of this chunk are written by this task only.
-                                unsafe { dst.write((t0 + i) * rows + r0 + 8 * g + k, *v) };
-                            }
+        #[cfg(not(target_arch = "x86_64"))]
+        let isum = Vec::new();
+        Direct {
+            isa,
+            vnni,
+            format,
+            rows,
+            row_bytes,
+            n,
+            acts,
+            isum,
+        }
+    }
+
+    /// Weight rows per parallel task.
+    fn chunk_rows(&self) -> usize {
+        let chunk = chunk_rows(self.rows, self.n);
+        if self.uses_rows_32() {
+            chunk.next_multiple_of(8)
+        } else {
+            chunk
+        }
+    }
+
+    /// Whether the eight-row kernels for 32-element formats run (AVX2, or VNNI's direct ones).
+    fn uses_rows_32(&self) -> bool {
+        cfg!(target_arch = "x86_64") && self.isa == Isa::Avx2 && matches!(self.acts, Acts::Q8(_))
+    }
+
+    /// Rows `r0..` of the matrix (the whole rows in `wchunk`) into `dst` (`n × rows`, row-major).
+    fn run(&self, wchunk: &[u8], r0: usize, dst: SendPtr) {
+        let (n, rows, format) = (self.n, self.rows, self.format);
+        #[cfg(target_arch = "x86_64")]
+        if let (true, Acts::Q8(a)) = (self.uses_rows_32(), self.acts) {
+            // Eight weight rows per kernel call, with one activation row (AVX2) or up to four (VNNI).
+            let wrows: Vec<&[u8]> = wchunk.chunks_exact(self.row_bytes).collect();
+            let mut buf = [[0f32; 8]; 4];
+            let step = if self.vnni { 4 } else { 1 };
+            for (g, group) in wrows.chunks(8).enumerate() {
+                for t0 in (0..n).step_by(step) {
+                    let nt = step.min(n - t0);
+                    // SAFETY: the kernel's CPU features were detected; `group` holds 1..=8 whole rows;
+                    // `isum` has every row's block sums when the VNNI kernel runs.
+                    unsafe {
+                        if self.vnni {
+                            crate::vnni::rows_32(format, group, a, &self.isum, t0, &mut buf[..nt])
+                        } else {
+                            crate::avx2::rows_32(format, group, a, t0, &mut buf[0])
+                        }
+                    };
+                    for (i, vals) in buf[..nt].iter().enumerate() {
+                        for (k, v) in vals[..group.len()].iter().enumerate() {
+                            // SAFETY: as below; rows r0+8g+k of this chunk are written by this task only.
+                            unsafe { dst.write((t0 + i) * rows + r0 + 8 * g + k, *v) };
                         }
                     }
                 }
-            });
-        return Ok(out);
-    }
-    w.par_chunks(chunk * row_bytes)
-        .enumerate()
-        .for_each(|(ci, wchunk)| {
-            let r0 = ci * chunk;
-            let mut buf = [0f32; TILE];
-            for t0 in (0..n).step_by(TILE) {
-                let nt = TILE.min(n - t0);
-                for (r, wrow) in wchunk.chunks_exact(row_bytes).enumerate() {
-                    tile(isa, format, wrow, &acts, t0, &mut buf[..nt]);
-                    for (i, v) in buf[..nt].iter().enumerate() {
-                        // SAFETY: chunks cover disjoint row ranges, so every (t, r) is written by exactly
-                        // one task, and `(t0+i)·rows + r0 + r` < n·rows.
-                        unsafe { dst.write((t0 + i) * rows + r0 + r, *v) };
-                    }
+            }
+            return;
+        }
+        let mut buf = [0f32; TILE];
+        for t0 in (0..n).step_by(TILE) {
+            let nt = TILE.min(n - t0);
+            for (r, wrow) in wchunk.chunks_exact(self.row_bytes).enumerate() {
+                tile(self.isa, format, wrow, self.acts, t0, &mut buf[..nt]);
+                for (i, v) in buf[..nt].iter().enumerate() {
+                    // SAFETY: chunks cover disjoint row ranges, so every (t, r) is written by exactly
+                    // one task, and `(t0+i)·rows + r0 + r` < n·rows.
+                    unsafe { dst.write((t0 + i) * rows + r0 + r, *v) };
                 }
             }
-        });
-    Ok(out)
+        }
+    }
 }
 
 /// Rows per parallel task: enough tasks to balance the threads, few enough that scheduling stays cheap.

@@ -6,7 +6,10 @@
 //! - batch invariance: a row's output is bit-identical whatever else is in the batch.
 
 use baimo_kernels::q8::{Q8Acts, Q8KActs};
-use baimo_kernels::{dequantize_row, quant_matmul, quant_matmul_with, BlockFormat, Isa, QK};
+use baimo_kernels::{
+    dequantize_row, quant_matmul, quant_matmul_many, quant_matmul_with, BlockFormat, Isa,
+    QuantMatrix, QK,
+};
 use half::f16;
 use rand::{Rng, SeedableRng};
 
@@ -202,6 +205,66 @@ fn rows_are_batch_invariant() {
             }
         }
     }
+}
+
+/// Several matrices over the same activations in one call (q, k, v; gate and up), formats mixed as in a
+/// Q4_K_M file: each output is its own `quant_matmul`'s, bit for bit, at decode and batch sizes.
+#[test]
+fn many_matrices_match_one_at_a_time() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    let cols = 512; // a multiple of every block length
+    let sets: [&[(BlockFormat, usize)]; 3] = [
+        &[
+            (BlockFormat::Q5_0, 40),
+            (BlockFormat::Q5_0, 8),
+            (BlockFormat::Q6K, 8),
+        ],
+        &[(BlockFormat::Q4K, 70), (BlockFormat::Q8_0, 33)],
+        &[
+            (BlockFormat::Q4_1, 17),
+            (BlockFormat::Q4_1, 3),
+            (BlockFormat::Q2K, 5),
+        ],
+    ];
+    for set in sets {
+        let ws: Vec<(BlockFormat, Vec<u8>, usize)> = set
+            .iter()
+            .map(|&(f, rows)| (f, random_weights(f, rows, cols, &mut rng), rows))
+            .collect();
+        let mats: Vec<QuantMatrix> = ws
+            .iter()
+            .map(|(format, data, rows)| QuantMatrix {
+                format: *format,
+                data,
+                rows: *rows,
+            })
+            .collect();
+        for n in [1, 3, 12] {
+            let x: Vec<f32> = (0..n * cols).map(|_| rng.gen_range(-2.0..2.0)).collect();
+            let many = quant_matmul_many(&mats, cols, &x).unwrap();
+            assert_eq!(many.len(), mats.len());
+            for (m, got) in mats.iter().zip(&many) {
+                let want = quant_matmul(m.format, m.data, m.rows, cols, &x).unwrap();
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(got), bits(&want), "{:?} × {n} rows", m.format);
+            }
+        }
+    }
+    // Shapes are checked per matrix.
+    let w = vec![0u8; 34];
+    let bad = [
+        QuantMatrix {
+            format: BlockFormat::Q8_0,
+            data: &w,
+            rows: 1,
+        },
+        QuantMatrix {
+            format: BlockFormat::Q8_0,
+            data: &w,
+            rows: 2,
+        },
+    ];
+    assert!(quant_matmul_many(&bad, 32, &[0.0; 32]).is_err());
 }
 
 #[test]

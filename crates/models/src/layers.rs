@@ -3,7 +3,10 @@
 //! read in place from the file's memory map) or float (candle).
 
 use baimo_formats::SharedBytes;
-use baimo_kernels::{dequantize_row, float_matmul, quant_matmul, BlockFormat, FloatFormat};
+use baimo_kernels::{
+    dequantize_row, float_matmul, quant_matmul, quant_matmul_many, BlockFormat, FloatFormat,
+    QuantMatrix,
+};
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor, D};
 
@@ -298,6 +301,45 @@ impl Linear {
         self.forward_mode(x, false)
     }
 
+    /// [`Linear::forward`] of several layers over the same input (a layer's q, k and v; gate and up), with the
+    /// same results. Block-quantized weights share one kernel call ([`quant_matmul_many`]): for a decoded
+    /// token the activations are quantized once and the threads meet once for all of them.
+    pub fn forward_many(ls: &[&Linear], x: &Tensor) -> Result<Vec<Tensor>> {
+        Linear::forward_many_mode(ls, x, false)
+    }
+
+    /// [`Linear::forward_many`] or, with `invariant`, [`Linear::forward_invariant`] of each layer.
+    fn forward_many_mode(ls: &[&Linear], x: &Tensor, invariant: bool) -> Result<Vec<Tensor>> {
+        let cols = x.dim(1)?;
+        let mats: Option<Vec<QuantMatrix>> = ls
+            .iter()
+            .map(|l| match &l.weight {
+                LinearWeight::Blocks { format, data } if l.in_features == cols => {
+                    Some(QuantMatrix {
+                        format: *format,
+                        data,
+                        rows: l.out_features,
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        let Some(mats) = mats else {
+            return ls.iter().map(|l| l.forward_mode(x, invariant)).collect();
+        };
+        let n = x.dim(0)?;
+        let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let ys =
+            quant_matmul_many(&mats, cols, &xs).map_err(|e| ModelError::Kernel(e.to_string()))?;
+        ls.iter()
+            .zip(ys)
+            .map(|(l, y)| {
+                let y = Tensor::from_vec(y, (n, l.out_features), x.device())?;
+                l.add_bias_and_lora(x, y, invariant)
+            })
+            .collect()
+    }
+
     /// Like [`Linear::forward`], but each row's result is bit-identical whatever the other rows are (the
     /// served path's batch invariance). Our block kernels are so by construction; candle's float GEMM and
     /// K-quant matmul choose their paths from the matrix shape, so those weights are multiplied in fixed tiles
@@ -377,7 +419,31 @@ impl Linear {
         x: &Tensor,
         per_rows: &[(usize, usize, &crate::lora::LoraDelta)],
     ) -> Result<Tensor> {
-        let y = self.forward_mode(x, true)?;
+        self.add_rows_lora(x, self.forward_mode(x, true)?, per_rows)
+    }
+
+    /// [`Linear::forward_rows`] of several layers over the same input (each with its own row updates), the
+    /// base products in one kernel call as in [`Linear::forward_many`].
+    pub(crate) fn forward_rows_many(
+        ls: &[&Linear],
+        x: &Tensor,
+        per_rows: &[Vec<(usize, usize, &crate::lora::LoraDelta)>],
+    ) -> Result<Vec<Tensor>> {
+        let ys = Linear::forward_many_mode(ls, x, true)?;
+        ls.iter()
+            .zip(ys)
+            .zip(per_rows)
+            .map(|((l, y), rows)| l.add_rows_lora(x, y, rows))
+            .collect()
+    }
+
+    /// `y` (the invariant base product of `x`) plus each sequence's own LoRA update on its rows.
+    fn add_rows_lora(
+        &self,
+        x: &Tensor,
+        y: Tensor,
+        per_rows: &[(usize, usize, &crate::lora::LoraDelta)],
+    ) -> Result<Tensor> {
         if per_rows.is_empty() {
             return Ok(y);
         }

@@ -71,15 +71,21 @@ impl Attention {
     ) -> Result<Tensor> {
         let seq = x.dim(0)?;
         let pass = kv.pass();
-        let proj = |l: &Linear, slot: usize| project(l, x, layer, slot, pass);
         let heads = |t: Tensor, n: usize| -> Result<Tensor> {
             Ok(t.reshape((seq, n, self.head_dim))?
                 .transpose(0, 1)?
                 .contiguous()?)
         };
-        let mut q = heads(proj(&self.q_proj, slot::Q)?, self.n_heads)?;
-        let mut k = heads(proj(&self.k_proj, slot::K)?, self.n_kv_heads)?;
-        let v = heads(proj(&self.v_proj, slot::V)?, self.n_kv_heads)?;
+        let [q, k, v] = project_many(
+            [&self.q_proj, &self.k_proj, &self.v_proj],
+            x,
+            layer,
+            [slot::Q, slot::K, slot::V],
+            pass,
+        )?;
+        let mut q = heads(q, self.n_heads)?;
+        let mut k = heads(k, self.n_kv_heads)?;
+        let v = heads(v, self.n_kv_heads)?;
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
             q = qn.forward(&q)?;
             k = kn.forward(&k)?;
@@ -220,13 +226,49 @@ impl<'a, 'b> Kv<'a, 'b> {
     }
 }
 
+/// Several projections of the same `x` (modules `slots` of `layer`) as `pass` runs them; a single sequence's
+/// pass multiplies them in one kernel call ([`Linear::forward_many`]).
+fn project_many<const N: usize>(
+    ls: [&Linear; N],
+    x: &Tensor,
+    layer: usize,
+    slots: [usize; N],
+    pass: Pass,
+) -> Result<[Tensor; N]> {
+    let ys = match pass {
+        Pass::Cached => Linear::forward_many(&ls, x)?,
+        Pass::Train => ls
+            .iter()
+            .map(|l| l.forward_train(x))
+            .collect::<Result<Vec<_>>>()?,
+        Pass::Batch(seqs) => {
+            let rows: Vec<_> = slots
+                .iter()
+                .map(|&slot| adapter_rows(seqs, layer, slot))
+                .collect();
+            Linear::forward_rows_many(&ls, x, &rows)?
+        }
+    };
+    ys.try_into()
+        .map_err(|_| ModelError::Kernel("project_many: wrong number of outputs".into()))
+}
+
 /// A projection of `x` (module `slot` of `layer`) as `pass` runs it.
 fn project(l: &Linear, x: &Tensor, layer: usize, slot: usize, pass: Pass) -> Result<Tensor> {
-    let seqs = match pass {
-        Pass::Cached => return l.forward(x),
-        Pass::Train => return l.forward_train(x),
-        Pass::Batch(seqs) => seqs,
-    };
+    match pass {
+        Pass::Cached => l.forward(x),
+        Pass::Train => l.forward_train(x),
+        Pass::Batch(seqs) => l.forward_rows(x, &adapter_rows(seqs, layer, slot)),
+    }
+}
+
+/// The batch rows (first row, count) of each sequence that has an adapter update for module `slot` of
+/// `layer`, with that update.
+fn adapter_rows<'a>(
+    seqs: &[SeqSlice<'a>],
+    layer: usize,
+    slot: usize,
+) -> Vec<(usize, usize, &'a crate::lora::LoraDelta)> {
     let mut per_rows = Vec::new();
     let mut row = 0;
     for s in seqs {
@@ -236,13 +278,22 @@ fn project(l: &Linear, x: &Tensor, layer: usize, slot: usize, pass: Pass) -> Res
         }
         row += n;
     }
-    l.forward_rows(x, &per_rows)
+    per_rows
 }
 
-/// 0 where query i (absolute position start+i) may attend key j, -inf after it.
+/// Runs `f` (a forward pass) on a thread of the global rayon pool. A pass makes a dozen parallel calls per
+/// layer (activation quantization, every matrix product, attention); made from a thread outside the pool,
+/// each one hands its work to the pool and puts the caller to sleep until it is done, and for a decoded
+/// token of a small model those hand-offs cost as much as the arithmetic. From inside, the calling worker
+/// does its share and the others steal theirs.
+fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| f())
+}
+
 /// Query rows per attention chunk (see [`Attention::attend_dense`]).
 const ATTENTION_CHUNK: usize = 128;
 
+/// 0 where query i (absolute position start+i) may attend key j, -inf after it.
 fn causal_mask(seq: usize, start: usize, total: usize) -> Result<Tensor> {
     let mask: Vec<f32> = (0..seq)
         .flat_map(|i| {
@@ -275,9 +326,14 @@ impl Mlp {
         })
     }
     fn forward(&self, x: &Tensor, layer: usize, pass: Pass) -> Result<Tensor> {
-        let g = project(&self.gate_proj, x, layer, slot::GATE, pass)?.silu()?;
-        let u = project(&self.up_proj, x, layer, slot::UP, pass)?;
-        project(&self.down_proj, &(g * u)?, layer, slot::DOWN, pass)
+        let [g, u] = project_many(
+            [&self.gate_proj, &self.up_proj],
+            x,
+            layer,
+            [slot::GATE, slot::UP],
+            pass,
+        )?;
+        project(&self.down_proj, &(g.silu()? * u)?, layer, slot::DOWN, pass)
     }
 }
 
@@ -519,6 +575,15 @@ impl Transformer {
     /// Runs `tokens` at positions `cache.len()..` and appends their keys/values to `cache`.
     /// Returns f32 logits, (1, vocab) or (seq, vocab) per `which`.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, which: Logits) -> Result<Tensor> {
+        on_pool(|| self.forward_on_pool(tokens, cache, which))
+    }
+
+    fn forward_on_pool(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        which: Logits,
+    ) -> Result<Tensor> {
         if tokens.is_empty() {
             return Err(ModelError::BadConfig(
                 "forward called with no tokens".into(),
@@ -635,6 +700,14 @@ impl Transformer {
     /// A sequence's logits do not depend on the other sequences in the batch, nor on how its tokens are split
     /// across calls: linear layers and norms work row by row, attention query by query.
     pub fn forward_paged(&self, seqs: &[SeqSlice], kv: &mut PagedKvCache) -> Result<Vec<Tensor>> {
+        on_pool(|| self.forward_paged_on_pool(seqs, kv))
+    }
+
+    fn forward_paged_on_pool(
+        &self,
+        seqs: &[SeqSlice],
+        kv: &mut PagedKvCache,
+    ) -> Result<Vec<Tensor>> {
         if seqs.is_empty() || seqs.iter().any(|s| s.tokens.is_empty()) {
             return Err(ModelError::BadConfig(
                 "forward_paged needs at least one token per sequence".into(),

@@ -151,12 +151,15 @@ pub fn parse_record(v: &Value, format: DataFormat) -> std::result::Result<Vec<Me
     Ok(msgs)
 }
 
+/// A conversation read from a data file, with its 1-based line number.
+pub type NumberedRecord = (usize, Vec<Message>);
+
 /// Reads a JSONL file. Bad records are collected (with line numbers) rather than failing the whole file;
 /// the caller decides whether to skip them or stop.
 pub fn read_jsonl(
     path: &Path,
     format: DataFormat,
-) -> Result<(Vec<(usize, Vec<Message>)>, Vec<BadRecord>)> {
+) -> Result<(Vec<NumberedRecord>, Vec<BadRecord>)> {
     let text = std::fs::read_to_string(path).map_err(|e| TrainError::Io {
         path: path.display().to_string(),
         message: e.to_string(),
