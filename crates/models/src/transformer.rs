@@ -333,7 +333,14 @@ impl Mlp {
             [slot::GATE, slot::UP],
             pass,
         )?;
-        project(&self.down_proj, &(g.silu()? * u)?, layer, slot::DOWN, pass)
+        // The gate's pre-activation is freed before the product is made: one fewer (tokens × intermediate)
+        // buffer alive at a time.
+        let g = {
+            let s = g.silu()?;
+            drop(g);
+            s
+        };
+        project(&self.down_proj, &(g * u)?, layer, slot::DOWN, pass)
     }
 }
 
