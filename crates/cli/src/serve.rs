@@ -78,6 +78,11 @@ pub struct ServeArgs {
     /// Tokenizer file for llama2.c checkpoints.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
+    /// Keep quantized weights unpacked for the batched kernels after a layer's first batch (AVX-512 VNNI
+    /// CPUs): concurrent streams decode faster (no repacking per step), at about 1.25–1.5 bytes per weight
+    /// of extra memory (~700 MB for a 0.5B model). Same outputs either way.
+    #[arg(long, env = "BAIMO_PACK_WEIGHTS")]
+    pub pack_weights: bool,
 }
 
 /// (name, spec) of every model to serve, default first.
@@ -122,6 +127,7 @@ pub fn serve(store: &ModelStore, a: ServeArgs) -> Result<()> {
     if let Some(n) = a.threads {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
+    baimo_models::layers::set_pack_weights(a.pack_weights);
     let mut engines = Vec::new();
     let mut served = Vec::new();
     for (name, spec) in model_specs(&a)? {

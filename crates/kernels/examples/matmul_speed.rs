@@ -3,11 +3,12 @@
 //! (what `Linear` used before). Not a test: speeds are printed, never asserted.
 //!
 //! `cargo run --release -p baimo-kernels --example matmul_speed [-- FORMAT...]` (RAYON_NUM_THREADS sets the
-//! thread count, `SPEED_M=1,8,512` the activation rows, `SPEED_SIMD_ONLY=1` skips scalar and candle).
+//! thread count, `SPEED_M=1,8,512` the activation rows, `SPEED_SIMD_ONLY=1` skips scalar and candle
+//! and times the pre-packed weights instead).
 
 use std::time::{Duration, Instant};
 
-use baimo_kernels::{quant_matmul_with, BlockFormat, Isa};
+use baimo_kernels::{quant_matmul_packed, quant_matmul_with, BlockFormat, Isa, PackedWeights};
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul};
 use candle_core::{Device, Module, Tensor};
 use half::f16;
@@ -91,7 +92,14 @@ fn main() {
             };
             let simd = g(Isa::detect());
             if std::env::var("SPEED_SIMD_ONLY").is_ok() {
-                println!("{name:<5} {m:>5} {:>9} {simd:>9.1}", "-");
+                // With the weights packed beforehand (`PackedWeights`, the server's `--pack-weights`).
+                let packed = PackedWeights::new(format, &w, ROWS, COLS).map(|p| {
+                    flop / time(budget, || {
+                        quant_matmul_packed(&p, &w, &x).expect("matmul");
+                    }) / 1e9
+                });
+                let packed = packed.map_or("-".to_string(), |g| format!("{g:.1}"));
+                println!("{name:<5} {m:>5} {:>9} {simd:>9.1} {packed:>9}", "-");
                 continue;
             }
             let scalar = g(Isa::Scalar);

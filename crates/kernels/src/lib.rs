@@ -23,5 +23,6 @@ pub use float::{
 };
 pub use format::{BlockFormat, KernelError, QK, QK_K};
 pub use matmul::{
-    dequantize_row, quant_matmul, quant_matmul_many, quant_matmul_with, Isa, QuantMatrix, TILE,
+    dequantize_row, quant_matmul, quant_matmul_many, quant_matmul_packed, quant_matmul_with, Isa,
+    PackedWeights, QuantMatrix, TILE,
 };

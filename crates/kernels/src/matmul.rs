@@ -144,12 +144,100 @@ pub fn quant_matmul_with(
     Ok(out)
 }
 
+/// A weight matrix unpacked once for the batched kernels (AVX-512 VNNI CPUs), so that repeated products over
+/// several activation rows (a server's decode steps) skip the per-call unpacking that otherwise takes about a
+/// third of their time. Costs about 1.25–1.5 bytes per weight beside the file's blocks; the results are the
+/// same bits as [`quant_matmul`]'s.
+pub struct PackedWeights {
+    #[cfg(target_arch = "x86_64")]
+    inner: crate::vnni::Packed,
+    format: BlockFormat,
+    rows: usize,
+    cols: usize,
+}
+
+impl PackedWeights {
+    /// Packs `w` (`rows` × `cols` in `format`); `None` where this CPU has no packed kernels (the plain ones
+    /// then run) or the shapes are wrong.
+    pub fn new(format: BlockFormat, w: &[u8], rows: usize, cols: usize) -> Option<PackedWeights> {
+        if resolve(Isa::detect()) != Isa::Avx512Vnni {
+            return None;
+        }
+        let row_bytes = check(format, w, rows, cols, &vec![0f32; cols]).ok()?;
+        #[cfg(target_arch = "x86_64")]
+        {
+            Some(PackedWeights {
+                inner: crate::vnni::Packed::new(format, w, rows, row_bytes),
+                format,
+                rows,
+                cols,
+            })
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = row_bytes;
+            None
+        }
+    }
+
+    /// Heap bytes the packed form holds.
+    pub fn bytes(&self) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        {
+            self.inner.bytes()
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            0
+        }
+    }
+
+    /// Whether a product of `n` activation rows uses the packed form: from two rows (`examples/matmul_speed`
+    /// with `SPEED_SIMD_ONLY=1`: two rows of the FFN-down shape 102–117 GFLOP/s packed, 50–62 direct); a single
+    /// row stays on the direct kernels, which read the file's smaller blocks (decode is bandwidth-bound).
+    /// `BAIMO_PACKED_MIN_ROWS` overrides it for such measurements.
+    pub fn used_for(n: usize) -> bool {
+        static FORCED: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+        let forced = *FORCED.get_or_init(|| {
+            std::env::var("BAIMO_PACKED_MIN_ROWS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+        });
+        n >= forced.unwrap_or(2).max(1)
+    }
+}
+
+/// [`quant_matmul`] of the matrix `w` with its packed form `packed` (made from `w`): the packed kernels for
+/// batches, the direct ones on `w` for fewer rows. Same bits as [`quant_matmul`].
+pub fn quant_matmul_packed(
+    packed: &PackedWeights,
+    w: &[u8],
+    x: &[f32],
+) -> Result<Vec<f32>, KernelError> {
+    let (format, rows, cols) = (packed.format, packed.rows, packed.cols);
+    check(format, w, rows, cols, x)?;
+    let n = x.len() / cols;
+    if !PackedWeights::used_for(n) {
+        return quant_matmul(format, w, rows, cols, x);
+    }
+    let mut out = vec![0f32; n * rows];
+    #[cfg(target_arch = "x86_64")]
+    if format.is_k() {
+        crate::vnni::matmul_k_packed(&packed.inner, &Q8KActs::quantize(x, cols), &mut out);
+    } else {
+        crate::vnni::matmul_32_packed(&packed.inner, &Q8Acts::quantize(x, cols), &mut out);
+    }
+    Ok(out)
+}
+
 /// One weight matrix of a [`quant_matmul_many`] call: `rows` rows of the call's `cols` values in `format`.
 #[derive(Clone, Copy)]
 pub struct QuantMatrix<'a> {
     pub format: BlockFormat,
     pub data: &'a [u8],
     pub rows: usize,
+    /// Its packed form, when the caller keeps one ([`PackedWeights`]).
+    pub packed: Option<&'a PackedWeights>,
 }
 
 /// Several weight matrices over the same activations (a layer's q, k and v; gate and up): `out[i]` is
@@ -167,10 +255,16 @@ pub fn quant_matmul_many(
         row_bytes.push(check(m.format, m.data, m.rows, cols, x)?);
     }
     let n = x.len() / cols;
-    if isa == Isa::Avx512Vnni && n >= vnni_min_rows() || ws.len() < 2 {
+    let all_packed = isa == Isa::Avx512Vnni
+        && PackedWeights::used_for(n)
+        && ws.iter().all(|m| m.packed.is_some());
+    if isa == Isa::Avx512Vnni && n >= vnni_min_rows() || ws.len() < 2 || all_packed {
         return ws
             .iter()
-            .map(|m| quant_matmul_with(isa, m.format, m.data, m.rows, cols, x))
+            .map(|m| match m.packed {
+                Some(p) if isa == Isa::Avx512Vnni => quant_matmul_packed(p, m.data, x),
+                _ => quant_matmul_with(isa, m.format, m.data, m.rows, cols, x),
+            })
             .collect();
     }
     let q8 = ws

@@ -58,9 +58,11 @@ impl Panel {
             }
             v.resize(n, T::default());
         }
+        // The (m, sc) pairs are K-quants' only (`scale_groups` > 0).
+        let pairs = if scale_groups > 0 { nb * 8 * LANES } else { 0 };
         size(&mut self.u, nb * groups * LANES, zero);
-        size(&mut self.mpair, nb * 8 * LANES, zero);
-        size(&mut self.scpair, nb * 8 * LANES, zero);
+        size(&mut self.mpair, pairs, zero);
+        size(&mut self.scpair, pairs, zero);
         size(&mut self.sc, nb * scale_groups * LANES, zero);
         size(&mut self.d, nb * LANES, zero);
         size(&mut self.dmin, nb * LANES, zero);
@@ -261,14 +263,38 @@ pub fn matmul_k(
     acts: &Q8KActs,
     out: &mut [f32],
 ) {
-    let n = acts.q.len() / acts.cols.max(1);
-    let dst = SendPtr(out.as_mut_ptr());
-    (0..rows.div_ceil(LANES)).into_par_iter().for_each(|g| {
-        let (r0, lanes, wrows) = panel_rows(w, rows, row_bytes, g);
+    run_k(format, rows, acts, out, |g, body| {
+        let (_, _, wrows) = panel_rows(w, rows, row_bytes, g);
         PANEL.with(|cell| {
             let mut p = cell.borrow_mut();
             let off = pack_k(format, &wrows, &mut p);
-            let gs = k_scale_group(format);
+            body(&p, off)
+        })
+    });
+}
+
+/// [`matmul_k`] over panels packed beforehand.
+pub fn matmul_k_packed(pk: &Packed, acts: &Q8KActs, out: &mut [f32]) {
+    run_k(pk.format, pk.rows, acts, out, |g, body| {
+        body(&pk.panels[g], pk.off)
+    });
+}
+
+/// The parallel loop of the K-quant products: `panel(g, body)` calls `body` with panel `g` and its offset.
+fn run_k(
+    format: BlockFormat,
+    rows: usize,
+    acts: &Q8KActs,
+    out: &mut [f32],
+    panel: impl Fn(usize, &mut dyn FnMut(&Panel, i32)) + Sync,
+) {
+    let n = acts.q.len() / acts.cols.max(1);
+    let dst = SendPtr(out.as_mut_ptr());
+    let gs = k_scale_group(format);
+    (0..rows.div_ceil(LANES)).into_par_iter().for_each(|g| {
+        let r0 = g * LANES;
+        let lanes = LANES.min(rows - r0);
+        panel(g, &mut |p, off| {
             let mut t0 = 0;
             while t0 < n {
                 let mt = MT.min(n - t0);
@@ -277,10 +303,10 @@ pub fn matmul_k(
                 unsafe {
                     let o = dst.get().add(t0 * rows + r0);
                     match mt {
-                        4 => tile_k::<4>(&p, acts, t0, off, gs, o, rows, lanes),
-                        3 => tile_k::<3>(&p, acts, t0, off, gs, o, rows, lanes),
-                        2 => tile_k::<2>(&p, acts, t0, off, gs, o, rows, lanes),
-                        _ => tile_k::<1>(&p, acts, t0, off, gs, o, rows, lanes),
+                        4 => tile_k::<4>(p, acts, t0, off, gs, o, rows, lanes),
+                        3 => tile_k::<3>(p, acts, t0, off, gs, o, rows, lanes),
+                        2 => tile_k::<2>(p, acts, t0, off, gs, o, rows, lanes),
+                        _ => tile_k::<1>(p, acts, t0, off, gs, o, rows, lanes),
                     }
                 }
                 t0 += mt;
@@ -298,6 +324,29 @@ pub fn matmul_32(
     acts: &Q8Acts,
     out: &mut [f32],
 ) {
+    run_32(format, rows, acts, out, |g, body| {
+        let (_, _, wrows) = panel_rows(w, rows, row_bytes, g);
+        PANEL.with(|cell| {
+            let mut p = cell.borrow_mut();
+            pack_32(format, &wrows, &mut p);
+            body(&p)
+        })
+    });
+}
+
+/// [`matmul_32`] over panels packed beforehand.
+pub fn matmul_32_packed(pk: &Packed, acts: &Q8Acts, out: &mut [f32]) {
+    run_32(pk.format, pk.rows, acts, out, |g, body| body(&pk.panels[g]));
+}
+
+/// The parallel loop of the 32-element-format products.
+fn run_32(
+    format: BlockFormat,
+    rows: usize,
+    acts: &Q8Acts,
+    out: &mut [f32],
+    panel: impl Fn(usize, &mut dyn FnMut(&Panel)) + Sync,
+) {
     let n = acts.q.len() / acts.cols.max(1);
     let off = q32_offset(format);
     let nb = acts.cols / QK;
@@ -309,28 +358,85 @@ pub fn matmul_32(
     let with_min = format.has_min();
     let dst = SendPtr(out.as_mut_ptr());
     (0..rows.div_ceil(LANES)).into_par_iter().for_each(|g| {
-        let (r0, lanes, wrows) = panel_rows(w, rows, row_bytes, g);
-        PANEL.with(|cell| {
-            let mut p = cell.borrow_mut();
-            pack_32(format, &wrows, &mut p);
+        let r0 = g * LANES;
+        let lanes = LANES.min(rows - r0);
+        panel(g, &mut |p| {
             let mut t0 = 0;
             while t0 < n {
                 let mt = MT.min(n - t0);
                 let is = if off != 0 { &isum[t0 * nb..] } else { &[][..] };
-                // SAFETY: as in `matmul_k`.
+                // SAFETY: as in `run_k`.
                 unsafe {
                     let o = dst.get().add(t0 * rows + r0);
                     match mt {
-                        4 => tile_32::<4>(&p, acts, t0, off, with_min, is, o, rows, lanes),
-                        3 => tile_32::<3>(&p, acts, t0, off, with_min, is, o, rows, lanes),
-                        2 => tile_32::<2>(&p, acts, t0, off, with_min, is, o, rows, lanes),
-                        _ => tile_32::<1>(&p, acts, t0, off, with_min, is, o, rows, lanes),
+                        4 => tile_32::<4>(p, acts, t0, off, with_min, is, o, rows, lanes),
+                        3 => tile_32::<3>(p, acts, t0, off, with_min, is, o, rows, lanes),
+                        2 => tile_32::<2>(p, acts, t0, off, with_min, is, o, rows, lanes),
+                        _ => tile_32::<1>(p, acts, t0, off, with_min, is, o, rows, lanes),
                     }
                 }
                 t0 += mt;
             }
         });
     });
+}
+
+/// A whole weight matrix unpacked into panels once, for repeated batched products (the server's decode
+/// steps): about 1.25–1.5 bytes per weight, against the 0.5–1.1 of the block formats.
+pub struct Packed {
+    format: BlockFormat,
+    rows: usize,
+    /// The K-quants' unsigned offset (0 for 32-element formats: theirs is applied by `q32_offset`).
+    off: i32,
+    panels: Vec<Panel>,
+}
+
+impl Packed {
+    /// Packs `rows` rows of `row_bytes` bytes. The caller checked `available()` and the shapes.
+    pub fn new(format: BlockFormat, w: &[u8], rows: usize, row_bytes: usize) -> Packed {
+        let packed: Vec<(Panel, i32)> = (0..rows.div_ceil(LANES))
+            .into_par_iter()
+            .map(|g| {
+                let (_, _, wrows) = panel_rows(w, rows, row_bytes, g);
+                let mut p = Panel::default();
+                let off = if format.is_k() {
+                    pack_k(format, &wrows, &mut p)
+                } else {
+                    pack_32(format, &wrows, &mut p);
+                    0
+                };
+                for v in [&mut p.u, &mut p.mpair, &mut p.scpair] {
+                    v.shrink_to_fit();
+                }
+                p.sc.shrink_to_fit();
+                p.d.shrink_to_fit();
+                p.dmin.shrink_to_fit();
+                (p, off)
+            })
+            .collect();
+        let off = packed.first().map_or(0, |(_, o)| *o);
+        Packed {
+            format,
+            rows,
+            off,
+            panels: packed.into_iter().map(|(p, _)| p).collect(),
+        }
+    }
+
+    /// Heap bytes held.
+    pub fn bytes(&self) -> usize {
+        self.panels
+            .iter()
+            .map(|p| {
+                4 * (p.u.len()
+                    + p.mpair.len()
+                    + p.scpair.len()
+                    + p.sc.len()
+                    + p.d.len()
+                    + p.dmin.len())
+            })
+            .sum()
+    }
 }
 
 #[inline]

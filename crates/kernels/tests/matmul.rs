@@ -7,8 +7,8 @@
 
 use baimo_kernels::q8::{Q8Acts, Q8KActs};
 use baimo_kernels::{
-    dequantize_row, quant_matmul, quant_matmul_many, quant_matmul_with, BlockFormat, Isa,
-    QuantMatrix, QK,
+    dequantize_row, quant_matmul, quant_matmul_many, quant_matmul_packed, quant_matmul_with,
+    BlockFormat, Isa, PackedWeights, QuantMatrix, QK,
 };
 use half::f16;
 use rand::{Rng, SeedableRng};
@@ -237,6 +237,7 @@ fn many_matrices_match_one_at_a_time() {
                 format: *format,
                 data,
                 rows: *rows,
+                packed: None,
             })
             .collect();
         for n in [1, 3, 12] {
@@ -257,14 +258,61 @@ fn many_matrices_match_one_at_a_time() {
             format: BlockFormat::Q8_0,
             data: &w,
             rows: 1,
+            packed: None,
         },
         QuantMatrix {
             format: BlockFormat::Q8_0,
             data: &w,
             rows: 2,
+            packed: None,
         },
     ];
     assert!(quant_matmul_many(&bad, 32, &[0.0; 32]).is_err());
+}
+
+/// Weights packed once give the same bits as packing per call, for every format, panels cut short (rows not
+/// a multiple of sixteen) and activation counts below, at and above the packed kernels' threshold; through
+/// `quant_matmul_many` too. Where the CPU has no packed kernels, `new` says so and nothing else runs.
+#[test]
+fn packed_weights_match_per_call_packing() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(41);
+    for format in BlockFormat::ALL {
+        let cols = 2 * format.block_len();
+        let rows = 37;
+        let w = random_weights(format, rows, cols, &mut rng);
+        let Some(p) = PackedWeights::new(format, &w, rows, cols) else {
+            assert!(!Isa::supported(Isa::Avx512Vnni) || std::env::var("BAIMO_KERNELS").is_ok());
+            continue;
+        };
+        assert!(
+            p.bytes() >= rows * cols,
+            "{format:?}: one byte per weight at least"
+        );
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        for n in [1, 2, 3, 7, 8, 13, 40] {
+            let x: Vec<f32> = (0..n * cols).map(|_| rng.gen_range(-2.0..2.0)).collect();
+            let want = quant_matmul(format, &w, rows, cols, &x).unwrap();
+            let got = quant_matmul_packed(&p, &w, &x).unwrap();
+            assert_eq!(bits(&got), bits(&want), "{format:?} × {n} rows");
+            let m = QuantMatrix {
+                format,
+                data: &w,
+                rows,
+                packed: Some(&p),
+            };
+            let many = quant_matmul_many(&[m, m], cols, &x).unwrap();
+            assert_eq!(bits(&many[1]), bits(&want), "{format:?} × {n} rows, many");
+            // And close to the scalar reference (the kernels' own tests pin the bits).
+            let reference = quant_matmul_with(Isa::Scalar, format, &w, rows, cols, &x).unwrap();
+            for (a, b) in got.iter().zip(&reference) {
+                assert!(
+                    (a - b).abs() <= 1e-3 * (1.0 + b.abs()),
+                    "{format:?}: {a} vs {b}"
+                );
+            }
+        }
+        assert!(quant_matmul_packed(&p, &w[1..], &[0.0; 64]).is_err());
+    }
 }
 
 #[test]

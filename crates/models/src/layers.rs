@@ -4,8 +4,8 @@
 
 use baimo_formats::SharedBytes;
 use baimo_kernels::{
-    dequantize_row, float_matmul, quant_matmul, quant_matmul_many, BlockFormat, FloatFormat,
-    QuantMatrix,
+    dequantize_row, float_matmul, quant_matmul, quant_matmul_many, quant_matmul_packed,
+    BlockFormat, FloatFormat, PackedWeights, QuantMatrix,
 };
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor, D};
@@ -22,12 +22,54 @@ enum LinearWeight {
     Blocks {
         format: BlockFormat,
         data: SharedBytes,
+        /// The weights unpacked for the batched kernels, made on the first batched product when
+        /// [`set_pack_weights`] is on (shared by clones of the layer).
+        packed: PackedCache,
     },
     /// Float matrices read in place by our float kernel (see [`Weight::FloatRows`]).
     FloatRows {
         format: FloatFormat,
         data: SharedBytes,
     },
+}
+
+type PackedCache = std::sync::Arc<std::sync::OnceLock<Option<PackedWeights>>>;
+
+static PACK_WEIGHTS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static PACKED_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Keep block-quantized weights unpacked for the batched kernels once a layer first multiplies a batch (a
+/// server's decode steps): about 1.25–1.5 bytes per weight more memory for no repacking per step. Off by
+/// default (a single stream never uses them); results are the same bits either way.
+pub fn set_pack_weights(on: bool) {
+    PACK_WEIGHTS.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Bytes held by packed weights so far (see [`set_pack_weights`]).
+pub fn packed_weight_bytes() -> usize {
+    PACKED_BYTES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The packed form of a block matrix for a product over `n` activation rows, made on first use; `None` when
+/// packing is off, not worth it for `n`, or unavailable on this CPU.
+fn packed_for<'a>(
+    cache: &'a PackedCache,
+    format: BlockFormat,
+    data: &[u8],
+    rows: usize,
+    cols: usize,
+    n: usize,
+) -> Option<&'a PackedWeights> {
+    if !PACK_WEIGHTS.load(std::sync::atomic::Ordering::Relaxed) || !PackedWeights::used_for(n) {
+        return None;
+    }
+    cache
+        .get_or_init(|| {
+            let p = PackedWeights::new(format, data, rows, cols)?;
+            PACKED_BYTES.fetch_add(p.bytes(), std::sync::atomic::Ordering::Relaxed);
+            Some(p)
+        })
+        .as_ref()
 }
 
 static DROPOUT_SEED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -167,7 +209,7 @@ impl FrozenStored {
         use rayon::prelude::*;
         let (out, inp) = (self.out, self.inp);
         let rows: Vec<f32> = match &self.weight {
-            LinearWeight::Blocks { format, data } => data
+            LinearWeight::Blocks { format, data, .. } => data
                 .par_chunks_exact(data.len() / out.max(1))
                 .flat_map_iter(|r| dequantize_row(*format, r))
                 .collect(),
@@ -195,7 +237,7 @@ impl candle_core::CustomOp1 for FrozenStored {
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         let x = contiguous_f32(storage, layout, self.name())?;
         let y = match &self.weight {
-            LinearWeight::Blocks { format, data } => {
+            LinearWeight::Blocks { format, data, .. } => {
                 quant_matmul(*format, data, self.out, self.inp, x)
             }
             LinearWeight::FloatRows { format, data } => {
@@ -277,7 +319,11 @@ impl Linear {
         let w = src.require(&name)?;
         check_shape(&name, &w.dims(), &[out, inp])?;
         let weight = match w {
-            Weight::Blocks { format, data, .. } => LinearWeight::Blocks { format, data },
+            Weight::Blocks { format, data, .. } => LinearWeight::Blocks {
+                format,
+                data,
+                packed: PackedCache::default(),
+            },
             Weight::FloatRows { format, data, .. } => LinearWeight::FloatRows { format, data },
             Weight::Quant(q) => LinearWeight::Candle(QMatMul::from_arc(std::sync::Arc::new(q))?),
             Weight::Float(t) => LinearWeight::Candle(QMatMul::Tensor(t)),
@@ -311,23 +357,26 @@ impl Linear {
     /// [`Linear::forward_many`] or, with `invariant`, [`Linear::forward_invariant`] of each layer.
     fn forward_many_mode(ls: &[&Linear], x: &Tensor, invariant: bool) -> Result<Vec<Tensor>> {
         let cols = x.dim(1)?;
+        let n = x.dim(0)?;
         let mats: Option<Vec<QuantMatrix>> = ls
             .iter()
             .map(|l| match &l.weight {
-                LinearWeight::Blocks { format, data } if l.in_features == cols => {
-                    Some(QuantMatrix {
-                        format: *format,
-                        data,
-                        rows: l.out_features,
-                    })
-                }
+                LinearWeight::Blocks {
+                    format,
+                    data,
+                    packed,
+                } if l.in_features == cols => Some(QuantMatrix {
+                    format: *format,
+                    data,
+                    rows: l.out_features,
+                    packed: packed_for(packed, *format, data, l.out_features, cols, n),
+                }),
                 _ => None,
             })
             .collect();
         let Some(mats) = mats else {
             return ls.iter().map(|l| l.forward_mode(x, invariant)).collect();
         };
-        let n = x.dim(0)?;
         let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         let ys =
             quant_matmul_many(&mats, cols, &xs).map_err(|e| ModelError::Kernel(e.to_string()))?;
@@ -352,11 +401,19 @@ impl Linear {
         let y = match &self.weight {
             LinearWeight::Candle(w) if invariant => in_row_tiles(x, |t| Ok(w.forward(t)?))?,
             LinearWeight::Candle(w) => w.forward(x)?,
-            LinearWeight::Blocks { format, data } => {
+            LinearWeight::Blocks {
+                format,
+                data,
+                packed,
+            } => {
                 let n = x.dim(0)?;
                 let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-                let y = quant_matmul(*format, data, self.out_features, self.in_features, &xs)
-                    .map_err(|e| ModelError::Kernel(e.to_string()))?;
+                let (rows, cols) = (self.out_features, self.in_features);
+                let y = match packed_for(packed, *format, data, rows, cols, n) {
+                    Some(p) => quant_matmul_packed(p, data, &xs),
+                    None => quant_matmul(*format, data, rows, cols, &xs),
+                }
+                .map_err(|e| ModelError::Kernel(e.to_string()))?;
                 Tensor::from_vec(y, (n, self.out_features), x.device())?
             }
             LinearWeight::FloatRows { format, data } => {
@@ -677,6 +734,7 @@ impl Embedding {
                 weight: LinearWeight::Blocks {
                     format: *format,
                     data: data.clone(),
+                    packed: PackedCache::default(),
                 },
                 bias: None,
                 lora: None,

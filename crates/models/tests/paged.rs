@@ -268,3 +268,54 @@ fn bad_block_tables_are_errors() {
     assert!(m.forward_paged(&[bad_id], &mut pool).is_err());
     assert!(m.forward_paged(&[], &mut pool).is_err());
 }
+
+/// Weights kept packed for the batched kernels (`set_pack_weights`, the server's `--pack-weights`) give the
+/// same logits, bit for bit, as packing them per product: a batch of three sequences (decode rows and prompt
+/// chunks, so both kernel paths run) through fresh models with packing off and on.
+#[test]
+fn packed_weights_give_the_same_logits() {
+    use baimo_models::layers::{packed_weight_bytes, set_pack_weights};
+    for rel in &MODELS[..4] {
+        let run = |pack: bool| {
+            set_pack_weights(pack);
+            let m = load(rel);
+            set_pack_weights(false);
+            let vocab = m.config().vocab_size;
+            let seqs = [
+                tokens(5, 9, vocab),
+                tokens(6, 2, vocab),
+                tokens(7, 1, vocab),
+            ];
+            let t = tables(3, 4);
+            let mut pool = PagedKvCache::new(m.config(), 4, 12).unwrap();
+            let mut out = Vec::new();
+            // Two steps: the prompts, then one decode row each (three rows: the packed kernels).
+            for step in 0..2 {
+                set_pack_weights(pack);
+                let next: Vec<Vec<u32>> = seqs.iter().map(|s| vec![s[0] ^ 1]).collect();
+                let slices: Vec<SeqSlice> = (0..3)
+                    .map(|i| SeqSlice {
+                        tokens: if step == 0 { &seqs[i] } else { &next[i] },
+                        start: if step == 0 { 0 } else { seqs[i].len() },
+                        block_table: &t[i],
+                        logits: Logits::Last,
+                        adapter: None,
+                    })
+                    .collect();
+                let logits = m.forward_paged(&slices, &mut pool).unwrap();
+                set_pack_weights(false);
+                out.extend(logits.iter().flat_map(to_vec));
+            }
+            out
+        };
+        let plain = run(false);
+        let before = packed_weight_bytes();
+        let packed = run(true);
+        println!(
+            "{rel}: {} bytes packed",
+            packed_weight_bytes().saturating_sub(before)
+        );
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&plain), bits(&packed), "{rel}");
+    }
+}
