@@ -79,10 +79,57 @@ pub struct ServeArgs {
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
     /// Keep quantized weights unpacked for the batched kernels after a layer's first batch (AVX-512 VNNI
-    /// CPUs): concurrent streams decode faster (no repacking per step), at about 1.25–1.5 bytes per weight
-    /// of extra memory (~700 MB for a 0.5B model). Same outputs either way.
-    #[arg(long, env = "BAIMO_PACK_WEIGHTS")]
-    pub pack_weights: bool,
+    /// CPUs): concurrent streams decode faster (no repacking per step) at about 1.25–1.5 bytes per weight of
+    /// extra memory (~630 MiB for a 0.5B model); same outputs either way. `auto` turns it on when three times
+    /// the GGUF files' size is under a quarter of the memory available.
+    #[arg(long, value_enum, default_value_t = PackWeights::Auto, env = "BAIMO_PACK_WEIGHTS")]
+    pub pack_weights: PackWeights,
+}
+
+/// `--pack-weights`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PackWeights {
+    Auto,
+    On,
+    Off,
+}
+
+/// Whether to keep packed weights for models whose files total `model_bytes`, and why.
+fn pack_decision(mode: PackWeights, model_bytes: u64) -> (bool, String) {
+    match mode {
+        PackWeights::On => (true, "on".into()),
+        PackWeights::Off => (false, "off".into()),
+        PackWeights::Auto => {
+            let need = 3 * model_bytes;
+            match mem_available() {
+                Some(avail) if need <= avail / 4 => (
+                    true,
+                    format!(
+                        "on (auto: at most ~{} MiB with {} MiB available)",
+                        need >> 20,
+                        avail >> 20
+                    ),
+                ),
+                Some(avail) => (
+                    false,
+                    format!(
+                        "off (auto: ~{} MiB would exceed a quarter of the {} MiB available; --pack-weights on forces it)",
+                        need >> 20,
+                        avail >> 20
+                    ),
+                ),
+                None => (false, "off (auto: available memory unknown)".into()),
+            }
+        }
+    }
+}
+
+/// `MemAvailable` of /proc/meminfo in bytes (Linux).
+fn mem_available() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// (name, spec) of every model to serve, default first.
@@ -127,11 +174,22 @@ pub fn serve(store: &ModelStore, a: ServeArgs) -> Result<()> {
     if let Some(n) = a.threads {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
-    baimo_models::layers::set_pack_weights(a.pack_weights);
     let mut engines = Vec::new();
     let mut served = Vec::new();
+    let mut models = Vec::new();
     for (name, spec) in model_specs(&a)? {
-        let path = resolve_model(store, Some(&spec))?;
+        models.push((name, resolve_model(store, Some(&spec))?));
+    }
+    // Only block-quantized (GGUF) weights are ever packed.
+    let gguf_bytes = models
+        .iter()
+        .filter_map(|(_, p)| std::fs::metadata(p).ok().filter(|m| m.is_file()))
+        .map(|m| m.len())
+        .sum();
+    let (pack, why) = pack_decision(a.pack_weights, gguf_bytes);
+    baimo_models::layers::set_pack_weights(pack);
+    eprintln!("packed weights for batches: {why}");
+    for (name, path) in models {
         let opts = LoadOptions {
             tokenizer: a.tokenizer.clone(),
         };
