@@ -46,6 +46,19 @@ pub enum RopeStyle {
     Half,
 }
 
+/// How rotary angles are rounded: the two references differ in the last bits, and those bits reach the
+/// int8 roundings of the activation quantization downstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeAngles {
+    /// `position · inv_freq[i]` in f32, each inverse frequency from its own power of the base (HF
+    /// transformers, llama2.c).
+    PerFrequency,
+    /// ggml's (llama.cpp, so GGUF files): `theta_scale = base^(-2/d)` in f32, and pair i's angle is the
+    /// position multiplied by it i times in f32, then divided by the file's frequency factor and multiplied
+    /// by the linear scale.
+    Progressive,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum RopeScaling {
     /// Positions divided by `factor`.
@@ -76,6 +89,7 @@ pub struct ModelConfig {
     pub rope_theta: f32,
     pub rope_scaling: Option<RopeScaling>,
     pub rope_style: RopeStyle,
+    pub rope_angles: RopeAngles,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
     /// Biases on q/k/v (Qwen2).
@@ -146,6 +160,7 @@ impl ModelConfig {
             } else {
                 RopeStyle::Half
             },
+            rope_angles: RopeAngles::Progressive,
             max_position_embeddings: g
                 .get_u64(&key("context_length"))
                 .map(|v| v as usize)
@@ -221,6 +236,7 @@ impl ModelConfig {
                 .unwrap_or(10_000.0) as f32,
             rope_scaling,
             rope_style: RopeStyle::Half,
+            rope_angles: RopeAngles::PerFrequency,
             max_position_embeddings: u("max_position_embeddings").unwrap_or(2048),
             tie_word_embeddings: j
                 .get("tie_word_embeddings")

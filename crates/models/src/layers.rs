@@ -8,7 +8,7 @@ use baimo_kernels::{
     BlockFormat, FloatFormat, PackedWeights, QuantMatrix,
 };
 use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{Device, Module, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor, D};
 
 use crate::weights::{Weight, WeightSource};
 use crate::{ModelError, Result};
@@ -641,11 +641,85 @@ impl RmsNorm {
             eps,
         })
     }
-    /// Normalizes over the last dimension.
+    /// Normalizes over the last dimension, rounding as ggml's `rms_norm` and the `mul` by the weight that
+    /// follows it do: each square rounded to f32 and summed in f64, the mean rounded to f32, then
+    /// `x · (1 / sqrt(mean + eps)) · weight` in f32 ([`RmsNormOp`]). The textbook `x / sqrt(…)` differs by an ulp
+    /// in about a third of the values, enough to move some of the int8 roundings of the activation
+    /// quantization that follows, and so llama.cpp's greedy tokens at near-ties.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-        let x = x.broadcast_div(&(ms + self.eps)?.sqrt()?)?;
-        Ok(x.broadcast_mul(&self.weight)?)
+        if x.dtype() != DType::F32 || self.weight.dtype() != DType::F32 {
+            let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+            let x = x.broadcast_mul(&(ms + self.eps)?.sqrt()?.recip()?)?;
+            return Ok(x.broadcast_mul(&self.weight)?);
+        }
+        let op = RmsNormOp {
+            eps: self.eps as f32,
+        };
+        Ok(x.contiguous()?.apply_op2(&self.weight, op)?)
+    }
+}
+
+/// RMSNorm times its weight in one pass over each row (see [`RmsNorm::forward`]); the gradient is the usual
+/// one, computed with candle ops.
+struct RmsNormOp {
+    eps: f32,
+}
+
+impl candle_core::CustomOp2 for RmsNormOp {
+    fn name(&self) -> &'static str {
+        "rms-norm-ggml"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &candle_core::CpuStorage,
+        xl: &candle_core::Layout,
+        ws: &candle_core::CpuStorage,
+        wl: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let x = contiguous_f32(xs, xl, self.name())?;
+        let w = contiguous_f32(ws, wl, self.name())?;
+        let n = w.len();
+        if n == 0 || xl.dims().last() != Some(&n) {
+            return Err(candle_core::Error::Msg(format!(
+                "rms-norm: rows of {:?} against a weight of {n}",
+                xl.dims()
+            )));
+        }
+        let mut y = vec![0f32; x.len()];
+        for (xr, yr) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)) {
+            let sum: f64 = xr.iter().map(|&v| f64::from(v * v)).sum();
+            let mean = (sum / n as f64) as f32;
+            let scale = 1.0 / (mean + self.eps).sqrt();
+            for ((o, &v), &g) in yr.iter_mut().zip(xr).zip(w) {
+                *o = (v * scale) * g;
+            }
+        }
+        Ok((candle_core::CpuStorage::F32(y), xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        // y = x·r·w with r = (mean(x²) + eps)^-1/2: dx = r·(g·w) - x·r³·mean((g·w)·x); dw = Σ_rows g·x·r.
+        let r = (x.sqr()?.mean_keepdim(D::Minus1)? + f64::from(self.eps))?
+            .sqrt()?
+            .recip()?;
+        let gw = g.broadcast_mul(w)?;
+        let dot = (&gw * x)?.mean_keepdim(D::Minus1)?;
+        let dx = (gw.broadcast_mul(&r)? - x.broadcast_mul(&(r.powf(3.0)? * dot)?)?)?;
+        let xr = x.broadcast_mul(&r)?;
+        let dw = (g * xr)?;
+        let dw = if dw.rank() > 1 {
+            dw.flatten_to(dw.rank() - 2)?.sum(0)?
+        } else {
+            dw
+        };
+        Ok((Some(dx), Some(dw)))
     }
 }
 
@@ -805,11 +879,35 @@ fn lookup(
 pub struct Rope {
     inv_freq: Vec<f32>,
     style: crate::RopeStyle,
+    /// ggml's angles ([`crate::config::RopeAngles::Progressive`]): `(theta_scale, freq_scale, factors)`.
+    progressive: Option<(f32, f32, Option<Vec<f32>>)>,
 }
 
 impl Rope {
+    /// Angles `position · inv_freq[i]` (HF's rounding).
     pub fn new(inv_freq: Vec<f32>, style: crate::RopeStyle) -> Rope {
-        Rope { inv_freq, style }
+        Rope {
+            inv_freq,
+            style,
+            progressive: None,
+        }
+    }
+
+    /// The model's rotary embedding, with its reference's rounding of the angles.
+    pub fn from_config(cfg: &crate::ModelConfig) -> Rope {
+        use crate::config::{RopeAngles, RopeScaling};
+        let mut rope = Rope::new(cfg.rope_inv_freq(), cfg.rope_style);
+        if cfg.rope_angles == RopeAngles::Progressive {
+            let theta_scale = cfg.rope_theta.powf(-2.0 / cfg.head_dim as f32);
+            rope.progressive = match &cfg.rope_scaling {
+                None => Some((theta_scale, 1.0, None)),
+                Some(RopeScaling::Linear { factor }) => Some((theta_scale, 1.0 / factor, None)),
+                Some(RopeScaling::FreqFactors(ff)) => Some((theta_scale, 1.0, Some(ff.clone()))),
+                // Not a GGUF form: HF's rounding.
+                Some(RopeScaling::Llama3 { .. }) => None,
+            };
+        }
+        rope
     }
 
     /// cos and sin tables of shape (seq, head_dim/2) for absolute positions `start..start+seq`.
@@ -824,11 +922,25 @@ impl Rope {
         let mut cos = Vec::with_capacity(seq * half);
         let mut sin = Vec::with_capacity(seq * half);
         for &p in positions {
-            for &f in &self.inv_freq {
-                // HF computes `position * inv_freq` in f32, then cos/sin.
-                let a = p as f32 * f;
-                cos.push(a.cos());
-                sin.push(a.sin());
+            match &self.progressive {
+                Some((theta_scale, freq_scale, factors)) => {
+                    let mut theta = p as f32;
+                    for i in 0..half {
+                        let ff = factors.as_ref().and_then(|f| f.get(i)).copied();
+                        let a = freq_scale * (theta / ff.unwrap_or(1.0));
+                        cos.push(a.cos());
+                        sin.push(a.sin());
+                        theta *= theta_scale;
+                    }
+                }
+                None => {
+                    for &f in &self.inv_freq {
+                        // HF computes `position * inv_freq` in f32, then cos/sin.
+                        let a = p as f32 * f;
+                        cos.push(a.cos());
+                        sin.push(a.sin());
+                    }
+                }
             }
         }
         let cos = Tensor::from_vec(cos, (seq, half), &Device::Cpu)?;
@@ -862,9 +974,51 @@ impl Rope {
 
 /// Softmax over the last dimension, max-subtracted.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if x.dtype() == DType::F32 {
+        return Ok(x.contiguous()?.apply_op1(SoftmaxOp)?);
+    }
     // The shift only guards exp() against overflow; it cancels out, so it carries no gradient.
     let max = x.max_keepdim(D::Minus1)?.detach();
     let e = x.broadcast_sub(&max)?.exp()?;
     let s = e.sum_keepdim(D::Minus1)?;
     Ok(e.broadcast_div(&s)?)
+}
+
+/// Softmax over each row in one pass, rounding as ggml's `soft_max`: `exp(x - max)` in f32, the sum in f64, every
+/// value times the f32-rounded reciprocal.
+struct SoftmaxOp;
+
+impl candle_core::CustomOp1 for SoftmaxOp {
+    fn name(&self) -> &'static str {
+        "softmax-ggml"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let x = contiguous_f32(storage, layout, self.name())?;
+        let n = layout.dims().last().copied().unwrap_or(1).max(1);
+        let mut y = vec![0f32; x.len()];
+        for (xr, yr) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)) {
+            let max = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f64;
+            for (o, &v) in yr.iter_mut().zip(xr) {
+                *o = (v - max).exp();
+                sum += f64::from(*o);
+            }
+            let inv = (1.0 / sum) as f32;
+            for o in yr.iter_mut() {
+                *o *= inv;
+            }
+        }
+        Ok((candle_core::CpuStorage::F32(y), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        // dx = y·(g - Σ g·y)
+        let s = (g * y)?.sum_keepdim(D::Minus1)?;
+        Ok(Some((y * g.broadcast_sub(&s)?)?))
+    }
 }

@@ -14,7 +14,7 @@ pub mod paged;
 pub mod transformer;
 pub mod weights;
 
-pub use config::{Arch, ModelConfig, RopeScaling, RopeStyle};
+pub use config::{Arch, ModelConfig, RopeAngles, RopeScaling, RopeStyle};
 pub use error::ModelError;
 pub use kv_cache::KvCache;
 pub use lora::{LoraAdapter, ServedAdapter};

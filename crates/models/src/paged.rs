@@ -157,12 +157,13 @@ impl PagedKvCache {
                 *sc = s;
                 max = max.max(s);
             }
-            let mut sum = 0f32;
+            // As ggml's soft_max: the sum in f64, every weight times the f32-rounded reciprocal.
+            let mut sum = 0f64;
             for sc in scores.iter_mut() {
                 *sc = (*sc - max).exp();
-                sum += *sc;
+                sum += f64::from(*sc);
             }
-            let inv = 1.0 / sum;
+            let inv = (1.0 / sum) as f32;
             oh.fill(0.0);
             for (j, &w) in scores.iter().enumerate() {
                 let off = self.offset(table, j) + kvh * hd;

@@ -15,7 +15,7 @@ use crate::lora::{
 };
 use crate::paged::{PagedKvCache, SeqSlice};
 use crate::weights::{ModelFormat, WeightSource};
-use crate::{Arch, KvCache, ModelConfig, ModelError, Result, RopeScaling, RopeStyle};
+use crate::{Arch, KvCache, ModelConfig, ModelError, Result, RopeAngles, RopeScaling, RopeStyle};
 
 struct Attention {
     q_proj: Linear,
@@ -443,7 +443,7 @@ impl Transformer {
         } else {
             Linear::load(src, "lm_head", v, h, false)?
         };
-        let rope = Rope::new(cfg.rope_inv_freq(), cfg.rope_style);
+        let rope = Rope::from_config(&cfg);
         Ok(Transformer {
             embed_tokens,
             layers,
@@ -503,6 +503,7 @@ impl Transformer {
             rope_theta: 10_000.0,
             rope_scaling: None,
             rope_style: RopeStyle::Interleaved,
+            rope_angles: RopeAngles::PerFrequency,
             max_position_embeddings: c.seq_len,
             tie_word_embeddings: c.shared_classifier,
             attention_bias: false,
