@@ -396,8 +396,17 @@ def test_disconnect_cancels(server):
     assert settled - before < CTX - 20, "the request ran to the end of the context instead of being cancelled"
 
 
-def test_batch_invariance(client):
-    """A seeded request yields the same tokens alone and among 15 concurrent others."""
+def _cpu_has_vnni():
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return all(f in flags for f in ("avx512f", "avx512bw", "avx512_vnni"))
+
+
+def test_batch_invariance(client, server):
+    """A seeded request yields the same tokens alone and among 15 concurrent others (on AVX-512 VNNI CPUs with
+    the weights kept packed for batches: `--pack-weights auto` is on for the tiny model)."""
     kw = dict(max_tokens=24, temperature=1.0, seed=77, logprobs=True)
     alone = chat(client, **kw)
 
@@ -413,6 +422,11 @@ def test_batch_invariance(client):
         [f.result() for f in futures]
     assert together.choices[0].message.content == alone.choices[0].message.content
     assert [t.token for t in together.choices[0].logprobs.content] == [t.token for t in alone.choices[0].logprobs.content]
+    packed = server.metrics()["baimo_packed_weight_bytes"]
+    if _cpu_has_vnni():
+        assert packed > 0, "the batches ran without packed weights"
+    else:
+        assert packed == 0
 
 
 def test_load_script(server):

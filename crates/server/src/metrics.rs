@@ -47,6 +47,7 @@ pub struct Metrics {
     preemptions: Family<ModelLabels, Gauge>,
     mean_batch: Family<ModelLabels, Gauge<f64, AtomicU64>>,
     engine_generated: Family<ModelLabels, Gauge>,
+    packed_bytes: Gauge,
 }
 
 impl Default for Metrics {
@@ -124,6 +125,12 @@ impl Metrics {
             "Tokens the engine generated since start, cancelled requests included",
             engine_generated.clone(),
         );
+        let packed_bytes = Gauge::default();
+        registry.register(
+            "packed_weight_bytes",
+            "Memory held by weights kept unpacked for the batched kernels (--pack-weights), all models",
+            packed_bytes.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -139,6 +146,7 @@ impl Metrics {
             preemptions,
             mean_batch,
             engine_generated,
+            packed_bytes,
         }
     }
 
@@ -187,6 +195,8 @@ impl Metrics {
                 .get_or_create(&l)
                 .set(s.generated_tokens as i64);
         }
+        self.packed_bytes
+            .set(baimo_models::layers::packed_weight_bytes() as i64);
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
