@@ -83,12 +83,14 @@ fn vnni_available() -> bool {
 /// gives the same bits, so this choice never changes a result.
 fn vnni_min_rows() -> usize {
     static FORCED: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-    let forced = *FORCED.get_or_init(|| {
-        std::env::var("BAIMO_VNNI_MIN_ROWS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-    });
-    forced.unwrap_or(8)
+    FORCED
+        .get_or_init(|| env_usize("BAIMO_VNNI_MIN_ROWS"))
+        .unwrap_or(8)
+}
+
+/// A numeric override from the environment (measurement knobs; read once by the caller).
+fn env_usize(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
 /// Quantized activations in the form the weight format pairs with.
@@ -163,7 +165,7 @@ impl PackedWeights {
         if resolve(Isa::detect()) != Isa::Avx512Vnni {
             return None;
         }
-        let row_bytes = check(format, w, rows, cols, &vec![0f32; cols]).ok()?;
+        let row_bytes = check(format, w, rows, cols, &[]).ok()?;
         #[cfg(target_arch = "x86_64")]
         {
             Some(PackedWeights {
@@ -198,12 +200,8 @@ impl PackedWeights {
     /// `BAIMO_PACKED_MIN_ROWS` overrides it for such measurements.
     pub fn used_for(n: usize) -> bool {
         static FORCED: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-        let forced = *FORCED.get_or_init(|| {
-            std::env::var("BAIMO_PACKED_MIN_ROWS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-        });
-        n >= forced.unwrap_or(2).max(1)
+        let min = FORCED.get_or_init(|| env_usize("BAIMO_PACKED_MIN_ROWS"));
+        n >= min.unwrap_or(2).max(1)
     }
 }
 

@@ -405,12 +405,7 @@ impl Packed {
                     pack_32(format, &wrows, &mut p);
                     0
                 };
-                for v in [&mut p.u, &mut p.mpair, &mut p.scpair] {
-                    v.shrink_to_fit();
-                }
-                p.sc.shrink_to_fit();
-                p.d.shrink_to_fit();
-                p.dmin.shrink_to_fit();
+                // A fresh panel's buffers are allocated to their exact sizes by `reset`.
                 (p, off)
             })
             .collect();

@@ -686,15 +686,20 @@ impl candle_core::CustomOp2 for RmsNormOp {
                 xl.dims()
             )));
         }
+        use rayon::prelude::*;
         let mut y = vec![0f32; x.len()];
-        for (xr, yr) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)) {
-            let sum: f64 = xr.iter().map(|&v| f64::from(v * v)).sum();
-            let mean = (sum / n as f64) as f32;
-            let scale = 1.0 / (mean + self.eps).sqrt();
-            for ((o, &v), &g) in yr.iter_mut().zip(xr).zip(w) {
-                *o = (v * scale) * g;
-            }
-        }
+        let eps = self.eps;
+        y.par_chunks_mut(n)
+            .zip(x.par_chunks(n))
+            .with_min_len(64)
+            .for_each(|(yr, xr)| {
+                let sum: f64 = xr.iter().map(|&v| f64::from(v * v)).sum();
+                let mean = (sum / n as f64) as f32;
+                let scale = 1.0 / (mean + eps).sqrt();
+                for ((o, &v), &g) in yr.iter_mut().zip(xr).zip(w) {
+                    *o = (v * scale) * g;
+                }
+            });
         Ok((candle_core::CpuStorage::F32(y), xl.shape().clone()))
     }
 
@@ -984,7 +989,23 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     Ok(e.broadcast_div(&s)?)
 }
 
-/// Softmax over each row in one pass, rounding as ggml's `soft_max`: `exp(x - max)` in f32, the sum in f64, every
+/// Softmax of one row in place, rounding as ggml's `soft_max`: `exp(x - max)` in f32, the sum in f64, every value
+/// times the f32-rounded reciprocal. The dense ([`SoftmaxOp`]) and paged attention both use it, so their
+/// probabilities agree bit for bit.
+pub(crate) fn softmax_row(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f64;
+    for v in row.iter_mut() {
+        *v = (*v - max).exp();
+        sum += f64::from(*v);
+    }
+    let inv = (1.0 / sum) as f32;
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// Softmax over each row in one pass ([`softmax_row`]): `exp(x - max)` in f32, the sum in f64, every
 /// value times the f32-rounded reciprocal.
 struct SoftmaxOp;
 
@@ -998,21 +1019,12 @@ impl candle_core::CustomOp1 for SoftmaxOp {
         storage: &candle_core::CpuStorage,
         layout: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use rayon::prelude::*;
         let x = contiguous_f32(storage, layout, self.name())?;
         let n = layout.dims().last().copied().unwrap_or(1).max(1);
-        let mut y = vec![0f32; x.len()];
-        for (xr, yr) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)) {
-            let max = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f64;
-            for (o, &v) in yr.iter_mut().zip(xr) {
-                *o = (v - max).exp();
-                sum += f64::from(*o);
-            }
-            let inv = (1.0 / sum) as f32;
-            for o in yr.iter_mut() {
-                *o *= inv;
-            }
-        }
+        let mut y = x.to_vec();
+        // Rows are independent: a long prompt's attention chunk has thousands of them.
+        y.par_chunks_mut(n).with_min_len(64).for_each(softmax_row);
         Ok((candle_core::CpuStorage::F32(y), layout.shape().clone()))
     }
 

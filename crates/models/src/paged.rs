@@ -7,6 +7,7 @@
 
 use rayon::prelude::*;
 
+use crate::layers::softmax_row;
 use crate::{ModelConfig, ModelError, Result};
 
 /// The block pool. Layout per layer: `[block][slot][kv_head][head_dim]`, f32.
@@ -150,24 +151,14 @@ impl PagedKvCache {
             let kvh = h / group;
             let qv = &q[(h * rows + row) * hd..(h * rows + row + 1) * hd];
             let mut scores = vec![0f32; pos + 1];
-            let mut max = f32::NEG_INFINITY;
             for (j, sc) in scores.iter_mut().enumerate() {
                 let off = self.offset(table, j) + kvh * hd;
-                let s = dot(qv, &kl[off..off + hd]) * scale;
-                *sc = s;
-                max = max.max(s);
+                *sc = dot(qv, &kl[off..off + hd]) * scale;
             }
-            // As ggml's soft_max: the sum in f64, every weight times the f32-rounded reciprocal.
-            let mut sum = 0f64;
-            for sc in scores.iter_mut() {
-                *sc = (*sc - max).exp();
-                sum += f64::from(*sc);
-            }
-            let inv = (1.0 / sum) as f32;
+            softmax_row(&mut scores);
             oh.fill(0.0);
             for (j, &w) in scores.iter().enumerate() {
                 let off = self.offset(table, j) + kvh * hd;
-                let w = w * inv;
                 for (a, &b) in oh.iter_mut().zip(&vl[off..off + hd]) {
                     *a += w * b;
                 }
