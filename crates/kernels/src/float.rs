@@ -173,20 +173,14 @@ pub fn float_matmul_with(
             #[cfg(target_arch = "x86_64")]
             if simd && n > avx512::TT {
                 // Batches bigger than one register tile: the loop order that keeps activations in L1.
-                let mut res = vec![0f32; 64 * wrows.len()];
-                for tb in (0..n).step_by(64) {
-                    let tn = (tb + 64).min(n) - tb;
-                    let res = &mut res[..tn * wrows.len()];
-                    // SAFETY: AVX-512 F/BW/VL were detected; every row of `wrows` holds `cols` values in
-                    // `format`; `x` holds rows tb..tb + tn of `cols` values.
-                    unsafe { avx512::panel(format, &wrows, x, cols, tb, tn, res) };
-                    for (i, vals) in res.chunks_exact(wrows.len()).enumerate() {
-                        for (r, v) in vals.iter().enumerate() {
-                            // SAFETY: as below.
-                            unsafe { dst.write((tb + i) * rows + r0 + r, *v) };
-                        }
-                    }
-                }
+                // SAFETY: AVX-512 F/BW/VL were detected; every row of `wrows` holds `cols` values in `format`;
+                // `x` holds `n` rows of `cols` values.
+                unsafe {
+                    avx512::panel(format, &wrows, x, cols, n, |t, r, vals| {
+                        // SAFETY: as below (the values are weight rows r0 + r.. of the chunk).
+                        dst.write_slice(t * rows + r0 + r, vals)
+                    })
+                };
                 return;
             }
             // Activation rows in blocks that stay in cache while every row group of the chunk passes over them.
@@ -382,52 +376,93 @@ mod avx512 {
     /// while every row group of the panel passes over it.
     const PANEL_KC: usize = 1024;
 
-    /// Activation rows `tb..tb + n` × every row of `w` (a chunk of weight rows) into
-    /// `res[(t - tb) * w.len() + r]`, for batches (more than one tile of activation rows).
+    /// Activation rows `0..n` × every row of `w` (a chunk of weight rows), the results passed to
+    /// `out(t, r, values)` (weight rows `r..r + values.len()` of activation row `t`), for batches (more than one tile of activation rows).
     ///
     /// [`block`] takes one group of four weight rows past all the activation tiles, so the activations
     /// (six rows per tile, f32) stream from L2 for every group while the compact weights sit in L1; here each
     /// activation tile (a column block of it) stays in L1 while all the groups stream past it. The lane sums
-    /// of every (tile, group) pair carry over between column blocks, so each output keeps the reference's
-    /// order.
+    /// of the tile's groups (a few KiB, also in L1) carry over between column blocks, so each output keeps
+    /// the reference's order.
     ///
     /// # Safety
-    /// AVX-512 F/BW/VL present; every row of `w` holds `cols` values in `format`; `x` holds the rows.
+    /// AVX-512 F/BW/VL present; every row of `w` holds `cols` values in `format`; `x` holds `n` rows.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub unsafe fn panel(
         format: FloatFormat,
         w: &[&[u8]],
         x: &[f32],
         cols: usize,
-        tb: usize,
         n: usize,
-        res: &mut [f32],
+        mut out: impl FnMut(usize, usize, &[f32]),
     ) {
         let groups: Vec<&[&[u8]]> = w.chunks(4).collect();
-        let tiles = n.div_ceil(TT);
-        let mut state = vec![[[_mm512_setzero_ps(); 4]; TT]; tiles * groups.len()];
-        let mut c0 = 0;
-        while c0 < cols {
-            let c1 = (c0 + PANEL_KC).min(cols);
-            for ti in 0..tiles {
-                let nt = TT.min(n - TT * ti);
-                for (g, group) in groups.iter().enumerate() {
-                    let st = &mut state[ti * groups.len() + g];
-                    tile(format, nt, group, x, cols, tb + TT * ti, (c0, c1), st, &[]);
+        let mut state = vec![[[_mm512_setzero_ps(); 4]; TT]; groups.len()];
+        for t in (0..n).step_by(TT) {
+            let nt = TT.min(n - t);
+            state.fill([[_mm512_setzero_ps(); 4]; TT]);
+            let mut c0 = 0;
+            while c0 < cols {
+                let c1 = (c0 + PANEL_KC).min(cols);
+                for (group, st) in groups.iter().zip(state.iter_mut()) {
+                    tile(format, nt, group, x, cols, t, (c0, c1), st, &[]);
                 }
+                c0 = c1;
             }
-            c0 = c1;
-        }
-        for ti in 0..tiles {
-            for (g, group) in groups.iter().enumerate() {
-                let st = &state[ti * groups.len() + g];
-                for i in 0..TT.min(n - TT * ti) {
-                    for r in 0..group.len() {
-                        res[(TT * ti + i) * w.len() + 4 * g + r] = reduce(st[i][r]);
+            // Sixteen weight rows (four groups) of one activation row at a time, reduced together.
+            for (b, quad) in state.chunks(4).enumerate() {
+                let count = (w.len() - 16 * b).min(16);
+                for i in 0..nt {
+                    let mut sums = [_mm512_setzero_ps(); 16];
+                    for (g, st) in quad.iter().enumerate() {
+                        sums[4 * g..4 * g + 4].copy_from_slice(&st[i]);
                     }
+                    let mut vals = [0f32; 16];
+                    _mm512_storeu_ps(vals.as_mut_ptr(), reduce16(&sums));
+                    out(t + i, 16 * b, &vals[..count]);
                 }
             }
         }
+    }
+
+    /// [`reduce`] of sixteen vectors at once: lane `v` of the result is `reduce(v[v])`, bit for bit (the same
+    /// additions, done on four pairs of half vectors per instruction instead of one).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn reduce16(v: &[__m512; 16]) -> __m512 {
+        // `j + j+8`: two vectors per add, [a₀..₇ + a₈..₁₅, b₀..₇ + b₈..₁₅].
+        let s8: [__m512; 8] = std::array::from_fn(|k| {
+            let (a, b) = (v[2 * k], v[2 * k + 1]);
+            _mm512_add_ps(
+                _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b),
+                _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b),
+            )
+        });
+        // `j + j+4`: four vectors per add, one per 128-bit lane.
+        let s4: [__m512; 4] = std::array::from_fn(|k| {
+            let (p, q) = (s8[2 * k], s8[2 * k + 1]);
+            _mm512_add_ps(
+                _mm512_shuffle_f32x4::<0b10_00_10_00>(p, q),
+                _mm512_shuffle_f32x4::<0b11_01_11_01>(p, q),
+            )
+        });
+        // `j + j+2`: lane k holds [X₀ + X₂, X₁ + X₃, Y₀ + Y₂, Y₁ + Y₃] for X = vector k, Y = vector 4 + k
+        // (of the eight in the pair).
+        let s2: [__m512; 2] = std::array::from_fn(|k| {
+            let (r, s) = (_mm512_castps_pd(s4[2 * k]), _mm512_castps_pd(s4[2 * k + 1]));
+            _mm512_add_ps(
+                _mm512_castpd_ps(_mm512_unpacklo_pd(r, s)),
+                _mm512_castpd_ps(_mm512_unpackhi_pd(r, s)),
+            )
+        });
+        // `0 + 1`: lane k, element m holds vector 4m + k.
+        let s1 = _mm512_add_ps(
+            _mm512_shuffle_ps::<0b10_00_10_00>(s2[0], s2[1]),
+            _mm512_shuffle_ps::<0b11_01_11_01>(s2[0], s2[1]),
+        );
+        // Back to vector order: vector v = 4m + k sits at 4k + m.
+        let idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        _mm512_permutexvar_ps(idx, s1)
     }
 
     /// Activation rows per register tile (× 4 weight rows: 24 accumulators).

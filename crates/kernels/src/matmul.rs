@@ -468,6 +468,12 @@ impl SendPtr {
     pub(crate) unsafe fn write(self, i: usize, v: f32) {
         *self.0.add(i) = v;
     }
+
+    /// # Safety
+    /// `i..i + vals.len()` in bounds of the buffer and no other thread writes those indices.
+    pub(crate) unsafe fn write_slice(self, i: usize, vals: &[f32]) {
+        std::ptr::copy_nonoverlapping(vals.as_ptr(), self.0.add(i), vals.len());
+    }
 }
 
 /// One weight row × activation rows `t0..t0+out.len()`.

@@ -89,6 +89,9 @@ fn simd_matches_the_reference_bit_for_bit_and_is_batch_invariant() {
                 // Batches over several column blocks (1,024) and several activation blocks (64).
                 (9, 2100, 13),
                 (5, 40, 130),
+                // Chunks of 16 and more weight rows (reduced sixteen at a time), with partial groups.
+                (300, 40, 20),
+                (1030, 20, 7),
             ] {
                 let w = random_rows(format, rows, cols, &mut rng);
                 let x = random_acts(n, cols, &mut rng);
