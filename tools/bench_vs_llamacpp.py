@@ -229,7 +229,7 @@ def tables(rows, args, bw) -> str:
     L.append("")
     L.append(f"### Decode ({tg}) against its two limits\n")
     L.append("Bandwidth limit = measured read bandwidth ÷ bytes read per token (all weights, one embedding row "
-             "when untied, + f32 KV at mean depth). Arithmetic limit = threads × 2 FMA × 8 f32 lanes × 2 flops × "
+             "when untied, + f32 KV at mean depth). Arithmetic limit = threads × 2 FMA × f32 lanes (16 with AVX-512, else 8) × 2 flops × "
              "clock ÷ flops per token (2 per weight + attention).\n")
     L.append("| model | threads | MiB/token | GB/s | bandwidth limit tok/s | baimo % | llama.cpp % | "
              "GFLOP/token | arithmetic limit tok/s | baimo % |")

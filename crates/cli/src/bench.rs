@@ -94,10 +94,14 @@ impl BenchArgs {
     }
 }
 
-/// Arithmetic peak assumed for the limit: per core 2 FMA units × 8 f32 lanes (AVX2) × 2 flops per FMA
-/// per cycle. Our kernels are AVX2 code; AVX-512 cores could double it, and int8 dot products
-/// (VNNI) run at a different rate, so this is a round yardstick, not a promise.
-pub const FLOPS_PER_CYCLE_PER_CORE: f64 = 2.0 * 8.0 * 2.0;
+/// Arithmetic peak assumed for the limit: per core 2 FMA units × the f32 lanes of the widest vectors the
+/// kernels use here (16 with AVX-512, else 8) × 2 flops per FMA per cycle. Int8 dot products (VNNI) run at
+/// a different rate and the clock under load differs from /proc/cpuinfo's, so this is a round yardstick,
+/// not a promise.
+pub fn flops_per_cycle_per_core() -> f64 {
+    let lanes = if baimo_kernels::float_kernels_fast() { 16.0 } else { 8.0 };
+    2.0 * lanes * 2.0
+}
 
 fn cpu_ghz() -> Option<f64> {
     let s = std::fs::read_to_string("/proc/cpuinfo").ok()?;
@@ -179,7 +183,7 @@ pub fn bench(store: &ModelStore, a: BenchArgs) -> Result<()> {
 
     let cost = DecodeCost::from_gguf(&path, &cfg);
     let ghz = a.cpu_ghz.or_else(cpu_ghz);
-    let peak_gflops = ghz.map(|g| g * FLOPS_PER_CYCLE_PER_CORE * threads as f64);
+    let peak_gflops = ghz.map(|g| g * flops_per_cycle_per_core() * threads as f64);
     let mut results = Vec::new();
     for spec in tests {
         if !a.json {
