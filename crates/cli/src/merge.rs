@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use baimo_formats::gguf::GgufFile;
-use baimo_models::merge::{merge_gguf, merge_hf_dir, OutType};
+use baimo_models::merge::{merge_gguf, merge_hf_dir, merge_hf_to_gguf, OutType};
 use baimo_models::LoraAdapter;
 use baimo_store::ModelStore;
 use clap::Args;
@@ -17,12 +17,14 @@ pub struct MergeArgs {
     pub base: String,
     /// PEFT adapter folder (adapter_config.json + adapter_model.safetensors), e.g. from `baimo finetune`.
     pub adapter: PathBuf,
-    /// Output: a .gguf file for a GGUF base, a folder for a Hugging Face base.
+    /// Output: a .gguf file (from a GGUF base, or from a Hugging Face base converted as llama.cpp's
+    /// convert_hf_to_gguf.py does: llama, qwen2, qwen3 with a byte-level BPE tokenizer), or, from a Hugging
+    /// Face base, a folder (model.safetensors in the base's dtypes, config and tokenizer files copied).
     #[arg(short, long)]
     pub out: PathBuf,
-    /// GGUF only: the type of every matrix in the output (f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1,
-    /// q2_k..q6_k), or `keep` for the base's own types. Rows that are not whole blocks of a K-quant fall
-    /// back to q8_0 (and are listed).
+    /// GGUF output only: the type of every matrix (f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k..q6_k),
+    /// or `keep` for the base's own types; norms and biases stay f32. Rows that are not whole blocks of the
+    /// type fall back to q8_0 (else f16) and are listed.
     #[arg(long, default_value = "f16")]
     pub outtype: String,
     /// Replace OUT if it exists.
@@ -40,33 +42,28 @@ pub fn merge(store: &ModelStore, a: MergeArgs) -> Result<()> {
     if a.out.exists() && !a.force {
         bail!("{} exists (pass --force to replace it)", a.out.display());
     }
+    let to_gguf = a.out.extension().and_then(|e| e.to_str()) == Some("gguf");
     let started = std::time::Instant::now();
-    let report = if base.is_dir() {
+    let report = if base.is_dir() && !to_gguf {
         if a.outtype != "f16" && a.outtype != "keep" {
-            bail!("--outtype applies to GGUF output; a Hugging Face base keeps its dtypes");
+            bail!("--outtype applies to GGUF output; a Hugging Face folder output keeps the base's dtypes");
         }
         merge_hf_dir(&base, &adapter, &a.out)
             .with_context(|| format!("merging into {}", base.display()))?
     } else {
-        if a.out.extension().and_then(|e| e.to_str()) != Some("gguf") {
+        if !to_gguf {
             bail!("a GGUF base is merged into a GGUF file: give -o NAME.gguf");
         }
         let outtype: OutType = a.outtype.parse().map_err(anyhow::Error::msg)?;
-        let g = GgufFile::open(&base).with_context(|| format!("opening {}", base.display()))?;
-        let tmp = partial_path(&a.out);
-        let r = merge_gguf(&g, &adapter, outtype, &tmp);
-        match r {
-            Ok(r) => {
-                std::fs::rename(&tmp, &a.out).with_context(|| {
-                    format!("renaming {} to {}", tmp.display(), a.out.display())
-                })?;
-                r
+        via_partial(&a.out, |tmp| {
+            if base.is_dir() {
+                merge_hf_to_gguf(&base, Some(&adapter), outtype, None, tmp)
+            } else {
+                let g = GgufFile::open(&base)?;
+                merge_gguf(&g, &adapter, outtype, tmp)
             }
-            Err(e) => {
-                std::fs::remove_file(&tmp).ok();
-                return Err(e).with_context(|| format!("merging into {}", base.display()));
-            }
-        }
+        })
+        .with_context(|| format!("merging into {}", base.display()))?
     };
     for (name, asked, got) in &report.fallbacks {
         eprintln!("note: {name}: rows are not whole {asked} blocks, written as {got}");
@@ -80,6 +77,23 @@ pub fn merge(store: &ModelStore, a: MergeArgs) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Runs `write` on `OUT.partial` beside OUT and renames it to OUT when it succeeds, so a failed merge leaves no
+/// half file (and no file at all).
+fn via_partial<T>(out: &Path, write: impl FnOnce(&Path) -> baimo_models::Result<T>) -> Result<T> {
+    let tmp = partial_path(out);
+    match write(&tmp) {
+        Ok(r) => {
+            std::fs::rename(&tmp, out)
+                .with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
+            Ok(r)
+        }
+        Err(e) => {
+            std::fs::remove_file(&tmp).ok();
+            Err(e.into())
+        }
+    }
 }
 
 /// `OUT.partial` beside OUT: written first, renamed when complete, so a failed merge leaves no half file.

@@ -1,5 +1,5 @@
-//! `baimo merge` end to end: the merged GGUF generates what the base does with the adapter applied, and bad
-//! requests fail with a message and no output file.
+//! `baimo merge` end to end: the merged GGUF (from a GGUF or a Hugging Face base) generates what the base does
+//! with the adapter applied, and bad requests fail with a message and no output file.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -98,6 +98,71 @@ fn merged_gguf_generates_like_the_adapter() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("adapter"), "{err}");
+    assert!(!bad.exists() && !dir.join("bad.gguf.partial").exists());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn hugging_face_base_merges_into_gguf() {
+    let dir = std::env::temp_dir().join(format!("baimo-merge-cli-hf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tiny = root().join("fixtures/tiny/qwen2-gqa");
+    let hf = tiny.join("hf");
+    let hf_s = hf.to_str().unwrap();
+    let adapter = tiny.join("lora-all");
+    let adapter = adapter.to_str().unwrap();
+    let out = dir.join("merged.gguf");
+    let out_s = out.to_str().unwrap();
+    let o = baimo(&["merge", hf_s, adapter, "-o", out_s, "--outtype", "f32"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!dir.join("merged.gguf.partial").exists());
+    // Against llama.cpp's own conversion of the same folder with the adapter applied at run time: same
+    // tokenizer, same weights, so the same greedy tokens.
+    let converted = tiny.join("qwen2-gqa-F32.gguf");
+    let converted = converted.to_str().unwrap();
+    let with_adapter = greedy(converted, &["--adapter", adapter]);
+    assert_eq!(greedy(out_s, &[]), with_adapter);
+    assert_ne!(
+        greedy(converted, &[]),
+        with_adapter,
+        "the adapter must change the answer"
+    );
+
+    // A bad --outtype: an error naming the types, no file.
+    let bad = dir.join("bad.gguf");
+    let o = baimo(&[
+        "merge",
+        hf_s,
+        adapter,
+        "-o",
+        bad.to_str().unwrap(),
+        "--outtype",
+        "q9",
+    ]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown output type"));
+    assert!(!bad.exists());
+    // A tokenizer llama.cpp has no pre-tokenizer for: an error that says so, no file and no partial one.
+    let odd = dir.join("odd-hf");
+    std::fs::create_dir_all(&odd).unwrap();
+    for f in std::fs::read_dir(&hf).unwrap() {
+        let p = f.unwrap().path();
+        std::fs::copy(&p, odd.join(p.file_name().unwrap())).unwrap();
+    }
+    let tj = odd.join("tokenizer.json");
+    let mut j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&tj).unwrap()).unwrap();
+    j["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = r"\p{L}+|[^\p{L}]+".into();
+    std::fs::write(&tj, j.to_string()).unwrap();
+    let o = baimo(&[
+        "merge",
+        odd.to_str().unwrap(),
+        adapter,
+        "-o",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("pre-tokenizer"), "{err}");
     assert!(!bad.exists() && !dir.join("bad.gguf.partial").exists());
     std::fs::remove_dir_all(&dir).ok();
 }

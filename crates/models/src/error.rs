@@ -13,6 +13,10 @@ pub enum ModelError {
     UnsupportedTensorType { name: String, dtype: String },
     #[error("kernel: {0}")]
     Kernel(String),
+    #[error(transparent)]
+    Tokenize(#[from] baimo_tokenize::TokenizeError),
+    #[error("tensor `{name}` has no llama.cpp name in a {arch} model")]
+    UnmappedTensor { name: String, arch: &'static str },
     #[error("missing tensor `{0}`")]
     MissingTensor(String),
     #[error("tensor `{name}` has shape {actual:?}, expected {expected:?}")]

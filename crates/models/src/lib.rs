@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod error;
+mod hf_gguf;
 pub mod kv_cache;
 pub mod layers;
 pub mod lora;

@@ -8,7 +8,7 @@
 //!   way first (as when the adapter is applied unmerged).
 //! - A Hugging Face folder gives a Hugging Face folder: `model.safetensors` with every tensor in its original
 //!   dtype (merged ones computed in f32 and cast back) and the folder's other files (config, tokenizer)
-//!   copied.
+//!   copied; or a GGUF file, converted as llama.cpp's `convert_hf_to_gguf.py` does ([`merge_hf_to_gguf`]).
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -19,9 +19,11 @@ use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
 
 use crate::config::{ModelConfig, RopeStyle};
-use crate::lora::{permute_rows_for_interleaved_rope, LoraAdapter, LoraDelta};
-use crate::weights::{ggml_to_candle, WeightSource};
+use crate::lora::{permute_rows_for_interleaved_rope, LoraAdapter, LoraDelta, PROJECTIONS};
+use crate::weights::{ggml_to_candle, gguf_to_hf_name, WeightSource};
 use crate::{ModelError, Result};
+
+pub use crate::hf_gguf::merge_hf_to_gguf;
 
 /// The type of the matrices in a merged GGUF file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,24 +85,21 @@ pub struct MergeReport {
 
 /// `model.layers.3.self_attn.q_proj` for `blk.3.attn_q.weight` (the seven LoRA targets only).
 fn gguf_module(name: &str) -> Option<String> {
-    let rest = name.strip_prefix("blk.")?.strip_suffix(".weight")?;
-    let (layer, short) = rest.split_once('.')?;
-    layer.parse::<usize>().ok()?;
-    let module = match short {
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        _ => return None,
-    };
-    Some(format!("model.layers.{layer}.{module}"))
+    let hf = gguf_to_hf_name(name)?;
+    let module = hf.strip_suffix(".weight")?;
+    PROJECTIONS
+        .iter()
+        .any(|p| module.ends_with(p))
+        .then(|| module.to_string())
 }
 
 /// `W + scale · B A` in f32; `heads` permutes B's rows into llama.cpp's rope order first.
-fn merged(name: &str, w: &Tensor, d: &LoraDelta, heads: Option<usize>) -> Result<Tensor> {
+pub(crate) fn merged(
+    name: &str,
+    w: &Tensor,
+    d: &LoraDelta,
+    heads: Option<usize>,
+) -> Result<Tensor> {
     let (out, inp) = w.dims2()?;
     let (r, a_in) = d.a.dims2()?;
     let (b_out, b_r) = d.b.dims2()?;
@@ -121,7 +120,7 @@ fn merged(name: &str, w: &Tensor, d: &LoraDelta, heads: Option<usize>) -> Result
 
 /// The bytes of `t` (rows × cols, f32) in `ty`, or in a fallback type when rows are not whole blocks of it
 /// (Q8_0, else F16), as llama.cpp's quantizer does for such tensors.
-fn encode(t: &Tensor, ty: GgmlType) -> Result<(GgmlType, Vec<u8>)> {
+pub(crate) fn encode(t: &Tensor, ty: GgmlType) -> Result<(GgmlType, Vec<u8>)> {
     let cols = t.dim(1)?;
     let ty = if cols % ty.block_size() == 0 {
         ty
@@ -148,7 +147,7 @@ fn encode(t: &Tensor, ty: GgmlType) -> Result<(GgmlType, Vec<u8>)> {
 }
 
 /// `t`'s values as `T`, little-endian.
-fn float_bytes<T: candle_core::WithDType, const N: usize>(
+pub(crate) fn float_bytes<T: candle_core::WithDType, const N: usize>(
     t: &Tensor,
     le: fn(T) -> [u8; N],
 ) -> Result<Vec<u8>> {
@@ -157,7 +156,7 @@ fn float_bytes<T: candle_core::WithDType, const N: usize>(
 }
 
 /// llama.cpp's `general.file_type` (`enum llama_ftype`) for a file whose matrices are all `ty`.
-fn file_type(ty: GgmlType) -> Option<u32> {
+pub(crate) fn file_type(ty: GgmlType) -> Option<u32> {
     Some(match ty {
         GgmlType::F32 => 0,
         GgmlType::F16 => 1,
@@ -177,7 +176,7 @@ fn file_type(ty: GgmlType) -> Option<u32> {
 }
 
 /// Errors unless every module of the adapter was merged.
-fn check_all_used(adapter: &LoraAdapter, used: &HashSet<String>) -> Result<()> {
+pub(crate) fn check_all_used(adapter: &LoraAdapter, used: &HashSet<String>) -> Result<()> {
     let mut left: Vec<&str> = adapter.modules().filter(|m| !used.contains(*m)).collect();
     if left.is_empty() {
         return Ok(());

@@ -106,32 +106,51 @@ pub trait WeightSource {
     }
 }
 
-/// Hugging Face name → llama.cpp GGUF name (llama.cpp `LLM_TENSOR_NAMES`).
+/// Whole-model tensors: Hugging Face name, llama.cpp GGUF name (llama.cpp `LLM_TENSOR_NAMES`).
+const MODEL_TENSORS: [(&str, &str); 3] = [
+    ("model.embed_tokens.weight", "token_embd.weight"),
+    ("model.norm.weight", "output_norm.weight"),
+    ("lm_head.weight", "output.weight"),
+];
+
+/// Per-layer modules: Hugging Face path under `model.layers.N.`, llama.cpp's name under `blk.N.`.
+const LAYER_MODULES: [(&str, &str); 11] = [
+    ("input_layernorm", "attn_norm"),
+    ("post_attention_layernorm", "ffn_norm"),
+    ("self_attn.q_proj", "attn_q"),
+    ("self_attn.k_proj", "attn_k"),
+    ("self_attn.v_proj", "attn_v"),
+    ("self_attn.o_proj", "attn_output"),
+    ("self_attn.q_norm", "attn_q_norm"),
+    ("self_attn.k_norm", "attn_k_norm"),
+    ("mlp.gate_proj", "ffn_gate"),
+    ("mlp.up_proj", "ffn_up"),
+    ("mlp.down_proj", "ffn_down"),
+];
+
+/// Hugging Face name → llama.cpp GGUF name (`model.layers.3.self_attn.q_proj.bias` → `blk.3.attn_q.bias`).
 pub fn hf_to_gguf_name(name: &str) -> Option<String> {
-    match name {
-        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
-        "model.norm.weight" => return Some("output_norm.weight".into()),
-        "lm_head.weight" => return Some("output.weight".into()),
-        _ => {}
+    if let Some((_, g)) = MODEL_TENSORS.iter().find(|(hf, _)| *hf == name) {
+        return Some(g.to_string());
     }
     let rest = name.strip_prefix("model.layers.")?;
     let (layer, rest) = rest.split_once('.')?;
     let (module, suffix) = rest.rsplit_once('.')?;
-    let short = match module {
-        "input_layernorm" => "attn_norm",
-        "post_attention_layernorm" => "ffn_norm",
-        "self_attn.q_proj" => "attn_q",
-        "self_attn.k_proj" => "attn_k",
-        "self_attn.v_proj" => "attn_v",
-        "self_attn.o_proj" => "attn_output",
-        "self_attn.q_norm" => "attn_q_norm",
-        "self_attn.k_norm" => "attn_k_norm",
-        "mlp.gate_proj" => "ffn_gate",
-        "mlp.up_proj" => "ffn_up",
-        "mlp.down_proj" => "ffn_down",
-        _ => return None,
-    };
+    let (_, short) = LAYER_MODULES.iter().find(|(hf, _)| *hf == module)?;
     Some(format!("blk.{layer}.{short}.{suffix}"))
+}
+
+/// llama.cpp GGUF name → Hugging Face name: the inverse of [`hf_to_gguf_name`].
+pub fn gguf_to_hf_name(name: &str) -> Option<String> {
+    if let Some((hf, _)) = MODEL_TENSORS.iter().find(|(_, g)| *g == name) {
+        return Some(hf.to_string());
+    }
+    let rest = name.strip_prefix("blk.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    layer.parse::<usize>().ok()?;
+    let (short, suffix) = rest.rsplit_once('.')?;
+    let (module, _) = LAYER_MODULES.iter().find(|(_, g)| *g == short)?;
+    Some(format!("model.layers.{layer}.{module}.{suffix}"))
 }
 
 pub fn ggml_to_candle(t: GgmlType) -> Option<GgmlDType> {

@@ -85,6 +85,16 @@ fn splits(regexes: &[&str]) -> Result<Vec<PreTokenizerWrapper>> {
         .collect()
 }
 
+/// llama.cpp's byte-level pre-tokenizer for `regexes`: each a `Split(regex, Isolated)`, then bytes mapped to
+/// GPT-2's printable characters (`ByteLevel` without its own regex or prefix space).
+pub(crate) fn byte_level_pre_tokenizer(regexes: &[&str]) -> Result<PreSequence> {
+    let mut steps = splits(regexes)?;
+    steps.push(PreTokenizerWrapper::ByteLevel(ByteLevel::new(
+        false, true, false,
+    )));
+    Ok(PreSequence::new(steps))
+}
+
 /// Byte-level BPE from GPT-2-style token strings and `"left right"` merges.
 pub(crate) fn byte_level_bpe(
     source: &str,
@@ -113,12 +123,8 @@ pub(crate) fn byte_level_bpe(
         .ignore_merges(ignore_merges)
         .build()
         .map_err(|e| TokenizeError::vocab(source, e.to_string()))?;
-    let mut steps = splits(regexes)?;
-    steps.push(PreTokenizerWrapper::ByteLevel(ByteLevel::new(
-        false, true, false,
-    )));
     let mut tk = tokenizers::Tokenizer::new(bpe);
-    tk.with_pre_tokenizer(Some(PreSequence::new(steps)));
+    tk.with_pre_tokenizer(Some(byte_level_pre_tokenizer(regexes)?));
     tk.with_decoder(Some(ByteLevel::default()));
     Ok(tk)
 }

@@ -18,6 +18,9 @@ pub enum TokenizeError {
     /// `tokenizer.ggml.pre` names a pre-tokenizer that is not in llama.cpp's table as mirrored here.
     #[error("unsupported pre-tokenizer `{name}` (tokenizer.ggml.pre); known: {known}")]
     UnsupportedPre { name: String, known: String },
+    /// A Hugging Face tokenizer that has no GGUF form Baimo can write (what is unsupported is named).
+    #[error("cannot convert the tokenizer {path} to GGUF: {what}")]
+    Unconvertible { path: PathBuf, what: String },
     /// The vocabulary is inconsistent (lengths differ, merges name unknown tokens, ...).
     #[error("invalid vocabulary in {source_name}: {reason}")]
     InvalidVocab { source_name: String, reason: String },

@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::str::FromStr;
 
-fn read_json(path: &Path) -> Result<Option<Json>> {
+pub(crate) fn read_json(path: &Path) -> Result<Option<Json>> {
     match std::fs::read_to_string(path) {
         Ok(s) => serde_json::from_str(&s)
             .map(Some)
@@ -29,7 +29,7 @@ fn read_json(path: &Path) -> Result<Option<Json>> {
 }
 
 /// `"<s>"` or `{"content": "<s>", ...}`.
-fn token_text(v: Option<&Json>) -> Option<String> {
+pub(crate) fn token_text(v: Option<&Json>) -> Option<String> {
     match v? {
         Json::String(s) => Some(s.clone()),
         Json::Object(o) => o.get("content")?.as_str().map(str::to_string),

@@ -6,11 +6,13 @@
 //!   never a BPE of our own.
 //! * [`StreamDecoder`]: incremental detokenization that only emits complete UTF-8.
 //! * [`template::ChatTemplate`]: HF-compatible chat templates on minijinja.
+//! * [`gguf_vocab_from_hf_dir`]: a Hugging Face tokenizer as the GGUF metadata llama.cpp's converter writes.
 
 mod build;
 mod error;
 mod gguf;
 mod hf;
+mod hf_gguf;
 mod llama2c;
 mod pretok;
 mod stream;
@@ -18,6 +20,7 @@ pub mod template;
 mod tokenizer;
 
 pub use error::{Result, TokenizeError};
+pub use hf_gguf::GgufVocab;
 pub use stream::StreamDecoder;
 pub use template::{ChatTemplate, Message};
 pub use tokenizer::{SpecialIds, Tokenizer};
@@ -52,4 +55,11 @@ impl Tokenizer {
     pub fn from_llama2c(path: &Path, vocab_size: usize) -> Result<Self> {
         llama2c::from_llama2c(path, vocab_size)
     }
+}
+
+/// The `tokenizer.*` GGUF metadata llama.cpp's `convert_hf_to_gguf.py` writes for the Hugging Face folder
+/// `dir` of a model with `vocab_size` embedding rows. Byte-level BPE tokenizers only (GPT-2, Llama 3,
+/// Qwen2/2.5/3, SmolLM2 style); others are [`TokenizeError::Unconvertible`], naming what is unsupported.
+pub fn gguf_vocab_from_hf_dir(dir: &Path, vocab_size: usize) -> Result<GgufVocab> {
+    hf_gguf::gguf_vocab(dir, vocab_size)
 }

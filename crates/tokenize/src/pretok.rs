@@ -217,6 +217,23 @@ pub(crate) fn lookup(name: &str) -> Option<PreSpec> {
     TABLE.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
 }
 
+/// Names llama.cpp's `convert_hf_to_gguf.py` writes for the families Baimo converts (Llama 3, Qwen2/2.5/3,
+/// Qwen3.5, SmolLM/SmolLM2, GPT-2), in the order they are tried when a `tokenizer.json`'s pre-tokenizer is
+/// recognised by what it does; several names share one rule, and these are the converter's spellings.
+const CONVERTER_NAMES: &[&str] = &["llama-bpe", "qwen2", "qwen35", "smollm", "gpt-2"];
+
+/// Every accepted name with its rules: the converter's own names first, then the rest of the table.
+pub(crate) fn candidates() -> impl Iterator<Item = (&'static str, PreSpec)> {
+    let preferred = CONVERTER_NAMES
+        .iter()
+        .filter_map(|&n| lookup(n).map(|s| (n, s)));
+    let rest = TABLE
+        .iter()
+        .filter(|(n, _)| !CONVERTER_NAMES.contains(n))
+        .copied();
+    preferred.chain(rest)
+}
+
 /// All accepted names, for error messages.
 pub(crate) fn known_names() -> String {
     TABLE.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
