@@ -99,7 +99,11 @@ impl BenchArgs {
 /// a different rate and the clock under load differs from /proc/cpuinfo's, so this is a round yardstick,
 /// not a promise.
 pub fn flops_per_cycle_per_core() -> f64 {
-    let lanes = if baimo_kernels::float_kernels_fast() { 16.0 } else { 8.0 };
+    let lanes = if baimo_kernels::float_kernels_fast() {
+        16.0
+    } else {
+        8.0
+    };
     2.0 * lanes * 2.0
 }
 
