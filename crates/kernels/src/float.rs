@@ -223,6 +223,90 @@ pub fn float_matmul_with(
     Ok(out)
 }
 
+/// `out = g · w` for f32 matrices `g` (`n` × `k`) and `w` (`k` × `cols`), both row-major, without a
+/// transposed copy of `w`: the input gradient of a frozen projection (`grad_y · W` with W (out, in) as
+/// stored), which candle would hand to its AVX2 GEMM. Each output is a sequential sum over `k` of fused
+/// multiply-adds (the order of [`matmul_nn_ref`]), whatever the kernel or the thread count.
+pub fn float_matmul_nn(
+    g: &[f32],
+    n: usize,
+    k: usize,
+    w: &[f32],
+    cols: usize,
+) -> Result<Vec<f32>, KernelError> {
+    float_matmul_nn_with(Isa::detect(), g, n, k, w, cols)
+}
+
+/// [`float_matmul_nn`] with a chosen implementation (`Isa::Avx512Vnni`: the AVX-512 kernel where the CPU
+/// has it; anything else: the scalar reference, the same bits).
+pub fn float_matmul_nn_with(
+    isa: Isa,
+    g: &[f32],
+    n: usize,
+    k: usize,
+    w: &[f32],
+    cols: usize,
+) -> Result<Vec<f32>, KernelError> {
+    if g.len() != n * k {
+        return Err(KernelError::MatrixSize {
+            len: g.len(),
+            rows: n,
+            cols: k,
+        });
+    }
+    if w.len() != k * cols {
+        return Err(KernelError::MatrixSize {
+            len: w.len(),
+            rows: k,
+            cols,
+        });
+    }
+    let mut out = vec![0f32; n * cols];
+    if n == 0 || cols == 0 {
+        return Ok(out);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if simd_for(isa) == Simd::Avx512 {
+        let dst = SendPtr(out.as_mut_ptr());
+        let blocks = cols.div_ceil(avx512::NN_COLS);
+        (0..blocks).into_par_iter().for_each(|b| {
+            // SAFETY: AVX-512 F was detected; the shapes were checked above; each task writes the
+            // columns of its own block only.
+            unsafe { avx512::nn_block(g, n, k, w, cols, b * avx512::NN_COLS, dst) }
+        });
+        return Ok(out);
+    }
+    let _ = isa;
+    out.par_chunks_mut(cols).enumerate().for_each(|(t, row)| {
+        matmul_nn_ref_row(&g[t * k..(t + 1) * k], w, cols, row);
+    });
+    Ok(out)
+}
+
+/// One output row of the reference: `row[c] = Σ_r g[r]·w[r][c]`, r ascending, one fused multiply-add each.
+fn matmul_nn_ref_row(g: &[f32], w: &[f32], cols: usize, row: &mut [f32]) {
+    for (r, &gv) in g.iter().enumerate() {
+        let wr = &w[r * cols..(r + 1) * cols];
+        for (o, &wv) in row.iter_mut().zip(wr) {
+            *o = gv.mul_add(wv, *o);
+        }
+    }
+}
+
+/// The scalar reference of [`float_matmul_nn`] (tests compare the kernels against it bit for bit).
+pub fn matmul_nn_ref(g: &[f32], n: usize, k: usize, w: &[f32], cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; n * cols];
+    for t in 0..n {
+        matmul_nn_ref_row(
+            &g[t * k..(t + 1) * k],
+            w,
+            cols,
+            &mut out[t * cols..(t + 1) * cols],
+        );
+    }
+    out
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
@@ -463,6 +547,96 @@ mod avx512 {
         // Back to vector order: vector v = 4m + k sits at 4k + m.
         let idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
         _mm512_permutexvar_ps(idx, s1)
+    }
+
+    /// Output columns per task of [`nn_block`] (four vectors).
+    pub(super) const NN_COLS: usize = 64;
+    /// Rows of `w` per pass of [`nn_block`]: the block's slice of `w` (512 × 64 f32 = 128 KiB) stays in L2
+    /// while every tile of `g` rows passes over it.
+    const NN_KC: usize = 512;
+
+    /// Columns `c0..c0 + 64` (fewer at the right edge) of `g · w` into `out` (`n` × `cols`, row-major).
+    ///
+    /// # Safety
+    /// AVX-512 F present; `g` holds `n` × `k` values, `w` `k` × `cols`; `out` points at `n` × `cols` values of
+    /// which no other thread writes these columns.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn nn_block(
+        g: &[f32],
+        n: usize,
+        k: usize,
+        w: &[f32],
+        cols: usize,
+        c0: usize,
+        out: crate::matmul::SendPtr,
+    ) {
+        let width = NN_COLS.min(cols - c0);
+        let masks: [__mmask16; 4] = std::array::from_fn(|j| {
+            let lanes = width.saturating_sub(16 * j).min(16);
+            ((1u32 << lanes) - 1) as __mmask16
+        });
+        let mut r0 = 0;
+        while r0 < k {
+            let r1 = (r0 + NN_KC).min(k);
+            let mut t = 0;
+            while t < n {
+                let nt = TT.min(n - t);
+                macro_rules! run {
+                    ($nt:literal) => {
+                        nn_tile::<$nt>(g, k, w, cols, c0, (r0, r1), t, masks, out)
+                    };
+                }
+                match nt {
+                    1 => run!(1),
+                    2 => run!(2),
+                    3 => run!(3),
+                    4 => run!(4),
+                    5 => run!(5),
+                    _ => run!(6),
+                }
+                t += nt;
+            }
+            r0 = r1;
+        }
+    }
+
+    /// `NT` rows of `g` from `t` × rows `r0..r1` of `w`, added to the outputs (which hold the sums over the
+    /// rows before `r0`): 4 × `NT` accumulators, `g` broadcast, `w` loaded a row at a time.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn nn_tile<const NT: usize>(
+        g: &[f32],
+        k: usize,
+        w: &[f32],
+        cols: usize,
+        c0: usize,
+        (r0, r1): (usize, usize),
+        t: usize,
+        masks: [__mmask16; 4],
+        out: crate::matmul::SendPtr,
+    ) {
+        let op = |i: usize, j: usize| out.0.add((t + i) * cols + c0 + 16 * j);
+        let mut acc: [[__m512; 4]; NT] = std::array::from_fn(|i| {
+            std::array::from_fn(|j| _mm512_maskz_loadu_ps(masks[j], op(i, j)))
+        });
+        let gp: [*const f32; NT] = std::array::from_fn(|i| g.as_ptr().add((t + i) * k));
+        for r in r0..r1 {
+            let wp = w.as_ptr().add(r * cols + c0);
+            let wv: [__m512; 4] =
+                std::array::from_fn(|j| _mm512_maskz_loadu_ps(masks[j], wp.add(16 * j)));
+            for i in 0..NT {
+                let gv = _mm512_set1_ps(*gp[i].add(r));
+                for j in 0..4 {
+                    acc[i][j] = _mm512_fmadd_ps(gv, wv[j], acc[i][j]);
+                }
+            }
+        }
+        for (i, a) in acc.iter().enumerate() {
+            for j in 0..4 {
+                _mm512_mask_storeu_ps(op(i, j), masks[j], a[j]);
+            }
+        }
     }
 
     /// Activation rows per register tile (× 4 weight rows: 24 accumulators).

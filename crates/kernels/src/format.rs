@@ -104,6 +104,12 @@ pub enum KernelError {
     },
     #[error("activations hold {len} values, not a multiple of the row length {cols}")]
     ActivationSize { len: usize, cols: usize },
+    #[error("matrix holds {len} values, expected {rows}×{cols}")]
+    MatrixSize {
+        len: usize,
+        rows: usize,
+        cols: usize,
+    },
 }
 
 pub(crate) fn f16_at(b: &[u8], i: usize) -> f32 {

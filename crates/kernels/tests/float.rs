@@ -3,7 +3,7 @@
 //! batch invariance (a row's outputs are the same bits alone and inside any batch).
 
 use baimo_kernels::float::dot_ref;
-use baimo_kernels::{float_matmul_with, FloatFormat, Isa};
+use baimo_kernels::{float_matmul_nn_with, float_matmul_with, matmul_nn_ref, FloatFormat, Isa};
 use rand::{Rng, SeedableRng};
 
 const FORMATS: [FloatFormat; 3] = [FloatFormat::F32, FloatFormat::F16, FloatFormat::BF16];
@@ -128,4 +128,41 @@ fn bad_shapes_are_errors() {
     assert!(e.to_string().contains("expected 36"), "{e}");
     let e = float_matmul_with(Isa::Scalar, FloatFormat::F16, &w, 2, 8, &[0.0; 9]).unwrap_err();
     assert!(e.to_string().contains("not a multiple"), "{e}");
+}
+
+#[test]
+fn nn_product_matches_its_reference_and_a_float64_product() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    // Odd shapes: partial column blocks (64) and vectors (16), row tiles of every height, more rows of `w`
+    // than one pass (512).
+    for (n, k, cols) in [
+        (1, 1, 1),
+        (2, 3, 17),
+        (7, 33, 64),
+        (13, 100, 130),
+        (6, 700, 50),
+        (20, 576, 200),
+    ] {
+        let g: Vec<f32> = (0..n * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let w: Vec<f32> = (0..k * cols).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let reference = matmul_nn_ref(&g, n, k, &w, cols);
+        for t in 0..n {
+            for c in 0..cols {
+                let exact: f64 = (0..k)
+                    .map(|r| g[t * k + r] as f64 * w[r * cols + c] as f64)
+                    .sum();
+                let got = reference[t * cols + c] as f64;
+                assert!(
+                    (got - exact).abs() <= 1e-5 * (k as f64).sqrt(),
+                    "{n}×{k}×{cols} at ({t},{c})"
+                );
+            }
+        }
+        for isa in [Isa::Avx512Vnni, Isa::Avx2, Isa::Scalar] {
+            let out = float_matmul_nn_with(isa, &g, n, k, &w, cols).unwrap();
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&out), bits(&reference), "{isa:?} {n}×{k}×{cols}");
+        }
+    }
+    assert!(float_matmul_nn_with(Isa::Scalar, &[0.0; 5], 2, 3, &[0.0; 6], 2).is_err());
 }

@@ -149,6 +149,39 @@ fn contiguous_f32<'a>(
     }
 }
 
+/// The gradient at a frozen product's input, `grad_y · W` for `W` (out, in): on AVX-512 CPUs our kernel
+/// multiplies `W` as stored (no transposed copy; candle's GEMM runs AVX2 code), else candle's matmul.
+fn input_grad(grad_y: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    if !baimo_kernels::float_kernels_fast()
+        || grad_y.rank() != 2
+        || grad_y.dtype() != DType::F32
+        || w.dtype() != DType::F32
+    {
+        return grad_y.matmul(w);
+    }
+    let (n, out) = grad_y.dims2()?;
+    let (_, inp) = w.dims2()?;
+    let g = grad_y.contiguous()?;
+    let w = w.contiguous()?;
+    let slice = |t: &Tensor| -> candle_core::Result<Vec<f32>> { t.flatten_all()?.to_vec1::<f32>() };
+    let (gs, gl) = g.storage_and_layout();
+    let (ws, wl) = w.storage_and_layout();
+    let y = match (&*gs, gl.contiguous_offsets(), &*ws, wl.contiguous_offsets()) {
+        (
+            candle_core::Storage::Cpu(candle_core::CpuStorage::F32(gd)),
+            Some((g0, g1)),
+            candle_core::Storage::Cpu(candle_core::CpuStorage::F32(wd)),
+            Some((w0, w1)),
+        ) => baimo_kernels::float_matmul_nn(&gd[g0..g1], n, out, &wd[w0..w1], inp),
+        _ => {
+            drop((gs, ws));
+            baimo_kernels::float_matmul_nn(&slice(&g)?, n, out, &slice(&w)?, inp)
+        }
+    }
+    .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    Tensor::from_vec(y, (n, inp), &Device::Cpu)
+}
+
 /// `x Wᵀ` with `W` (out, in) a constant: differentiable with respect to `x` only. candle's matmul backward
 /// computes both operands' gradients, and for a frozen base weight that is a third of a training step's GEMM
 /// work plus a weight-sized gradient allocated and summed per sequence, all thrown away.
@@ -191,7 +224,7 @@ impl candle_core::CustomOp1 for FrozenMatmul {
         _y: &Tensor,
         grad_y: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(grad_y.matmul(&self.0)?))
+        input_grad(grad_y, &self.0).map(Some)
     }
 }
 
@@ -263,7 +296,117 @@ impl candle_core::CustomOp1 for FrozenStored {
         let w = self
             .dequantized()
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        Ok(Some(grad_y.matmul(&w)?))
+        input_grad(grad_y, &w).map(Some)
+    }
+}
+
+/// A frozen base product for training: a float weight kept as an f32 tensor ([`FrozenMatmul`]) or one kept
+/// as the file stores it ([`FrozenStored`]).
+enum Frozen {
+    Dense(FrozenMatmul),
+    Stored(FrozenStored),
+}
+
+impl candle_core::CustomOp1 for Frozen {
+    fn name(&self) -> &'static str {
+        match self {
+            Frozen::Dense(op) => op.name(),
+            Frozen::Stored(op) => op.name(),
+        }
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        match self {
+            Frozen::Dense(op) => op.cpu_fwd(storage, layout),
+            Frozen::Stored(op) => op.cpu_fwd(storage, layout),
+        }
+    }
+
+    fn bwd(&self, x: &Tensor, y: &Tensor, grad_y: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        match self {
+            Frozen::Dense(op) => op.bwd(x, y, grad_y),
+            Frozen::Stored(op) => op.bwd(x, y, grad_y),
+        }
+    }
+}
+
+/// A training projection with its LoRA update as one autograd node: `y = x Wᵀ + bias + s·(x Aᵀ) Bᵀ`, inputs
+/// `x`, `A` (r, in) and `B` (out, r), gradients for all three (W and the bias are frozen). Left to candle, the
+/// same product is seven nodes (the base, two transposes, two products, the scale, the sum), and candle's
+/// backward allocates, zeroes and adds a gradient buffer for each node's inputs, most of them
+/// (tokens × out): on a small model that bookkeeping cost more than the arithmetic.
+struct LoraLinearOp {
+    base: Frozen,
+    bias: Option<Vec<f32>>,
+    scale: f64,
+}
+
+impl candle_core::CustomOp3 for LoraLinearOp {
+    fn name(&self) -> &'static str {
+        "lora-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &candle_core::CpuStorage,
+        xl: &candle_core::Layout,
+        as_: &candle_core::CpuStorage,
+        al: &candle_core::Layout,
+        bs: &candle_core::CpuStorage,
+        bl: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::CustomOp1;
+        let (ys, shape) = self.base.cpu_fwd(xs, xl)?;
+        let candle_core::CpuStorage::F32(mut y) = ys else {
+            return Err(candle_core::Error::Msg(
+                "lora-linear: f32 base product expected".into(),
+            ));
+        };
+        let t = |s, l: &candle_core::Layout| -> candle_core::Result<Tensor> {
+            Tensor::from_slice(contiguous_f32(s, l, self.name())?, l.shape(), &Device::Cpu)
+        };
+        let (x, a, b) = (t(xs, xl)?, t(as_, al)?, t(bs, bl)?);
+        let lora = x
+            .matmul(&a.t()?)?
+            .matmul(&b.t()?)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let out = b.dim(0)?;
+        let s = self.scale as f32;
+        for (row, lrow) in y.chunks_exact_mut(out).zip(lora.chunks_exact(out)) {
+            if let Some(bias) = &self.bias {
+                row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+            }
+            row.iter_mut().zip(lrow).for_each(|(v, l)| *v += l * s);
+        }
+        Ok((candle_core::CpuStorage::F32(y), shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        y: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        use candle_core::CustomOp1;
+        let (x, a, b, g) = (x.detach(), a.detach(), b.detach(), g.detach());
+        let s = self.scale;
+        let gb = g.matmul(&b)?; // (tokens, r): the gradient at x Aᵀ, before the scale
+        let xa = x.matmul(&a.t()?)?;
+        let grad_a = (gb.t()?.matmul(&x)? * s)?;
+        let grad_b = (g.t()?.matmul(&xa)? * s)?;
+        let base = self
+            .base
+            .bwd(&x, y, &g)?
+            .ok_or_else(|| candle_core::Error::Msg("lora-linear: no base gradient".into()))?;
+        let grad_x = (base + (gb.matmul(&a)? * s)?)?;
+        Ok((Some(grad_x), Some(grad_a), Some(grad_b)))
     }
 }
 
@@ -450,22 +593,40 @@ impl Linear {
     /// ([`FrozenMatmul`]), so backpropagation computes the input's gradient only. LoRA updates (with dropout)
     /// stay ordinary differentiable ops.
     pub fn forward_train(&self, x: &Tensor) -> Result<Tensor> {
-        let y = match &self.weight {
-            LinearWeight::Candle(QMatMul::Tensor(w)) if x.device().is_cpu() && x.rank() == 2 => {
-                x.contiguous()?.apply_op1(FrozenMatmul(w.clone()))?
-            }
-            LinearWeight::Blocks { .. } | LinearWeight::FloatRows { .. }
-                if x.device().is_cpu() && x.rank() == 2 =>
-            {
-                x.contiguous()?.apply_op1(FrozenStored {
+        if !x.device().is_cpu() || x.rank() != 2 {
+            return self.forward_mode(x, false);
+        }
+        let base = match &self.weight {
+            LinearWeight::Candle(QMatMul::Tensor(w)) => Frozen::Dense(FrozenMatmul(w.clone())),
+            LinearWeight::Blocks { .. } | LinearWeight::FloatRows { .. } => {
+                Frozen::Stored(FrozenStored {
                     weight: self.weight.clone(),
                     out: self.out_features,
                     inp: self.in_features,
-                })?
+                })
             }
             _ => return self.forward_mode(x, false),
         };
-        self.add_bias_and_lora(x, y, false)
+        let x = x.contiguous()?;
+        match &self.lora {
+            // Without dropout the adapter sees x itself, and the whole projection is one node.
+            Some(l) if l.dropout == 0.0 && l.a.dtype() == DType::F32 => {
+                let bias = match &self.bias {
+                    Some(b) => Some(b.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
+                    None => None,
+                };
+                let op = LoraLinearOp {
+                    base,
+                    bias,
+                    scale: l.scale,
+                };
+                Ok(x.apply_op3(&l.a, &l.b, op)?)
+            }
+            _ => {
+                let y = x.apply_op1(base)?;
+                self.add_bias_and_lora(&x, y, false)
+            }
+        }
     }
 
     /// The batched serving pass: [`Linear::forward_invariant`] over every row, plus, for each `(first row,
