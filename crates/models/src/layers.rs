@@ -1076,6 +1076,11 @@ impl Rope {
         rope
     }
 
+    /// How the rotated pairs are laid out.
+    pub fn style(&self) -> crate::RopeStyle {
+        self.style
+    }
+
     /// cos and sin tables of shape (seq, head_dim/2) for absolute positions `start..start+seq`.
     pub fn tables(&self, start: usize, seq: usize) -> Result<(Tensor, Tensor)> {
         self.tables_at(&(start..start + seq).collect::<Vec<_>>())

@@ -12,6 +12,7 @@ pub mod layers;
 pub mod lora;
 pub mod merge;
 pub mod paged;
+mod train_attention;
 pub mod transformer;
 pub mod weights;
 

@@ -14,6 +14,7 @@ use crate::lora::{
     permute_rows_for_interleaved_rope, slot, LoraAdapter, LoraDelta, ServedAdapter, PROJECTIONS,
 };
 use crate::paged::{PagedKvCache, SeqSlice};
+use crate::train_attention::TrainAttention;
 use crate::weights::{ModelFormat, WeightSource};
 use crate::{Arch, KvCache, ModelConfig, ModelError, Result, RopeAngles, RopeScaling, RopeStyle};
 
@@ -83,6 +84,22 @@ impl Attention {
             [slot::Q, slot::K, slot::V],
             pass,
         )?;
+        if let (Kv::Train(lens), None) = (&kv, &self.q_norm) {
+            // Training: rope and attention of every packed sequence as one autograd node.
+            let op = TrainAttention {
+                lens: lens.to_vec(),
+                cos: cs.0.flatten_all()?.to_vec1::<f32>()?,
+                sin: cs.1.flatten_all()?.to_vec1::<f32>()?,
+                style: rope.style(),
+                n_heads: self.n_heads,
+                n_kv_heads: self.n_kv_heads,
+                head_dim: self.head_dim,
+            };
+            let out = q
+                .contiguous()?
+                .apply_op3(&k.contiguous()?, &v.contiguous()?, op)?;
+            return project(&self.o_proj, &out, layer, slot::O, pass);
+        }
         let mut q = heads(q, self.n_heads)?;
         let mut k = heads(k, self.n_kv_heads)?;
         let v = heads(v, self.n_kv_heads)?;

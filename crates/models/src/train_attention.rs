@@ -1,0 +1,430 @@
+//! The training pass's attention as one autograd node: rotary embedding of q and k, then causal softmax
+//! attention (Vaswani et al. 2017) of each packed sequence within itself, grouped-query heads sharing their
+//! key/value head, forward and backward written out.
+//!
+//! The same arithmetic as the decoder's attention in candle ops (rope by the same formula, scores times the
+//! f32 scale, [`softmax_row`]'s rounding), but candle's autograd turns that into some eighty nodes per layer
+//! for a batch of four sequences (reshapes, copies, masks, per-sequence products), and its backward
+//! allocates, zeroes and adds a gradient buffer for the inputs of every one; on a small model that
+//! bookkeeping took more time than the arithmetic.
+
+use candle_core::{CpuStorage, CustomOp3, Device, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::layers::softmax_row;
+use crate::RopeStyle;
+
+/// Inputs: q (tokens, heads·hd), k and v (tokens, kv_heads·hd), the projections' outputs; output (tokens,
+/// heads·hd), the heads side by side as `o_proj` takes them.
+pub(crate) struct TrainAttention {
+    /// Lengths of the packed sequences, in order; each starts at position 0.
+    pub lens: Vec<usize>,
+    /// Rotary tables (tokens, hd/2) for each packed token's position.
+    pub cos: Vec<f32>,
+    pub sin: Vec<f32>,
+    pub style: RopeStyle,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// One (sequence, key/value head) pair: the unit of parallel work, owning its rows of every output.
+struct Task {
+    start: usize,
+    len: usize,
+    kv_head: usize,
+}
+
+impl TrainAttention {
+    fn tasks(&self) -> Vec<Task> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        for &len in &self.lens {
+            for kv_head in 0..self.n_kv_heads {
+                out.push(Task {
+                    start,
+                    len,
+                    kv_head,
+                });
+            }
+            start += len;
+        }
+        out
+    }
+
+    fn scale(&self) -> f32 {
+        (1.0 / (self.head_dim as f64).sqrt()) as f32
+    }
+
+    /// Head `head`'s values of token `t` in a (tokens, heads·hd) matrix of `heads` heads.
+    fn head_row<'a>(&self, m: &'a [f32], heads: usize, t: usize, head: usize) -> &'a [f32] {
+        let hd = self.head_dim;
+        &m[(t * heads + head) * hd..(t * heads + head + 1) * hd]
+    }
+
+    /// Half the head size and the cos and sin of packed token `t`'s angles.
+    fn angles(&self, t: usize) -> (usize, &[f32], &[f32]) {
+        let half = self.head_dim / 2;
+        (
+            half,
+            &self.cos[t * half..(t + 1) * half],
+            &self.sin[t * half..(t + 1) * half],
+        )
+    }
+
+    /// The rotary embedding of one head's row `x` at packed token `t`, as `Rope::apply` computes it.
+    fn rope(&self, x: &[f32], t: usize, out: &mut [f32]) {
+        let (half, c, s) = self.angles(t);
+        for i in 0..half {
+            match self.style {
+                RopeStyle::Half => {
+                    let (x1, x2) = (x[i], x[i + half]);
+                    out[i] = x1 * c[i] - x2 * s[i];
+                    out[i + half] = x2 * c[i] + x1 * s[i];
+                }
+                RopeStyle::Interleaved => {
+                    let (xe, xo) = (x[2 * i], x[2 * i + 1]);
+                    out[2 * i] = xe * c[i] - xo * s[i];
+                    out[2 * i + 1] = xe * s[i] + xo * c[i];
+                }
+            }
+        }
+    }
+
+    /// The gradient at a row's input given the gradient `g` at its rotated output (the transposed rotation).
+    fn rope_back(&self, g: &[f32], t: usize, out: &mut [f32]) {
+        let (half, c, s) = self.angles(t);
+        for i in 0..half {
+            match self.style {
+                RopeStyle::Half => {
+                    let (g1, g2) = (g[i], g[i + half]);
+                    out[i] = g1 * c[i] + g2 * s[i];
+                    out[i + half] = g2 * c[i] - g1 * s[i];
+                }
+                RopeStyle::Interleaved => {
+                    let (ge, go) = (g[2 * i], g[2 * i + 1]);
+                    out[2 * i] = ge * c[i] + go * s[i];
+                    out[2 * i + 1] = go * c[i] - ge * s[i];
+                }
+            }
+        }
+    }
+
+    /// Rotated rows (len × hd) of head `head` of `m` for the task's tokens.
+    fn rotated(&self, m: &[f32], heads: usize, task: &Task, head: usize) -> Vec<f32> {
+        let hd = self.head_dim;
+        let mut out = vec![0f32; task.len * hd];
+        for (i, row) in out.chunks_exact_mut(hd).enumerate() {
+            let t = task.start + i;
+            self.rope(self.head_row(m, heads, t, head), t, row);
+        }
+        out
+    }
+
+    /// Softmax probabilities (len × len, row i over keys 0..=i, zeros after) of query rows `qr` over
+    /// key rows `kr`.
+    fn probs(&self, qr: &[f32], kr: &[f32], len: usize) -> Vec<f32> {
+        let hd = self.head_dim;
+        let scale = self.scale();
+        let mut p = vec![0f32; len * len];
+        for i in 0..len {
+            let row = &mut p[i * len..i * len + i + 1];
+            let q = &qr[i * hd..(i + 1) * hd];
+            for (j, s) in row.iter_mut().enumerate() {
+                *s = dot(q, &kr[j * hd..(j + 1) * hd]) * scale;
+            }
+            softmax_row(row);
+        }
+        p
+    }
+
+    fn group(&self) -> usize {
+        self.n_heads / self.n_kv_heads
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// `acc += w · x` over one row.
+fn axpy(acc: &mut [f32], w: f32, x: &[f32]) {
+    acc.iter_mut().zip(x).for_each(|(a, v)| *a += w * v);
+}
+
+fn values<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(d), Some((a, b))) => Ok(&d[a..b]),
+        _ => Err(candle_core::Error::Msg(format!(
+            "train-attention: {what} must be contiguous f32"
+        ))),
+    }
+}
+
+fn tensor_values(t: &Tensor) -> candle_core::Result<Vec<f32>> {
+    t.flatten_all()?.to_vec1::<f32>()
+}
+
+impl CustomOp3 for TrainAttention {
+    fn name(&self) -> &'static str {
+        "train-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        qs: &CpuStorage,
+        ql: &Layout,
+        ks: &CpuStorage,
+        kl: &Layout,
+        vs: &CpuStorage,
+        vl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (q, k, v) = (
+            values(qs, ql, "q")?,
+            values(ks, kl, "k")?,
+            values(vs, vl, "v")?,
+        );
+        let (hd, nh, nkv) = (self.head_dim, self.n_heads, self.n_kv_heads);
+        let tokens: usize = self.lens.iter().sum();
+        if q.len() != tokens * nh * hd || k.len() != tokens * nkv * hd || k.len() != v.len() {
+            return Err(candle_core::Error::Msg(
+                "train-attention: q/k/v shapes do not match the packed lengths".into(),
+            ));
+        }
+        let tasks = self.tasks();
+        let parts: Vec<Vec<f32>> = tasks
+            .par_iter()
+            .map(|task| {
+                let kr = self.rotated(k, nkv, task, task.kv_head);
+                let mut out = vec![0f32; self.group() * task.len * hd];
+                for (j, oh) in out.chunks_exact_mut(task.len * hd).enumerate() {
+                    let head = task.kv_head * self.group() + j;
+                    let qr = self.rotated(q, nh, task, head);
+                    let p = self.probs(&qr, &kr, task.len);
+                    for (i, orow) in oh.chunks_exact_mut(hd).enumerate() {
+                        for (key, &w) in p[i * task.len..i * task.len + i + 1].iter().enumerate() {
+                            axpy(
+                                orow,
+                                w,
+                                self.head_row(v, nkv, task.start + key, task.kv_head),
+                            );
+                        }
+                    }
+                }
+                out
+            })
+            .collect();
+        let mut y = vec![0f32; tokens * nh * hd];
+        for (task, out) in tasks.iter().zip(&parts) {
+            for (j, oh) in out.chunks_exact(task.len * hd).enumerate() {
+                let head = task.kv_head * self.group() + j;
+                for (i, orow) in oh.chunks_exact(hd).enumerate() {
+                    let at = ((task.start + i) * nh + head) * hd;
+                    y[at..at + hd].copy_from_slice(orow);
+                }
+            }
+        }
+        Ok((CpuStorage::F32(y), Shape::from((tokens, nh * hd))))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _y: &Tensor,
+        grad_y: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (q, k, v, gy) = (
+            tensor_values(q)?,
+            tensor_values(k)?,
+            tensor_values(v)?,
+            tensor_values(grad_y)?,
+        );
+        let (hd, nh, nkv) = (self.head_dim, self.n_heads, self.n_kv_heads);
+        let scale = self.scale();
+        let tasks = self.tasks();
+        // Per task: the gradients at its group's q rows, and at its kv head's k and v rows.
+        let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = tasks
+            .par_iter()
+            .map(|task| {
+                let n = task.len;
+                let kr = self.rotated(&k, nkv, task, task.kv_head);
+                let mut dq = vec![0f32; self.group() * n * hd];
+                let mut dkr = vec![0f32; n * hd];
+                let mut dv = vec![0f32; n * hd];
+                let mut dqr = vec![0f32; hd];
+                for (j, dqh) in dq.chunks_exact_mut(n * hd).enumerate() {
+                    let head = task.kv_head * self.group() + j;
+                    let qr = self.rotated(&q, nh, task, head);
+                    let p = self.probs(&qr, &kr, n);
+                    let mut ds = vec![0f32; n];
+                    for i in 0..n {
+                        let t = task.start + i;
+                        let go = self.head_row(&gy, nh, t, head);
+                        let pi = &p[i * n..i * n + i + 1];
+                        // dP[i][j] = dO[i]·V[j]; dS = P ⊙ (dP − Σ_j P dP).
+                        let mut d = 0f32;
+                        for (key, (s, &w)) in ds.iter_mut().zip(pi).enumerate() {
+                            *s = dot(go, self.head_row(&v, nkv, task.start + key, task.kv_head));
+                            d += w * *s;
+                        }
+                        dqr.fill(0.0);
+                        let qi = &qr[i * hd..(i + 1) * hd];
+                        for (key, (s, &w)) in ds.iter_mut().zip(pi).enumerate() {
+                            let g = w * (*s - d) * scale;
+                            axpy(&mut dqr, g, &kr[key * hd..(key + 1) * hd]);
+                            axpy(&mut dkr[key * hd..(key + 1) * hd], g, qi);
+                            axpy(&mut dv[key * hd..(key + 1) * hd], w, go);
+                        }
+                        self.rope_back(&dqr, t, &mut dqh[i * hd..(i + 1) * hd]);
+                    }
+                }
+                let mut dk = vec![0f32; n * hd];
+                for (i, row) in dk.chunks_exact_mut(hd).enumerate() {
+                    self.rope_back(&dkr[i * hd..(i + 1) * hd], task.start + i, row);
+                }
+                (dq, dk, dv)
+            })
+            .collect();
+        let tokens: usize = self.lens.iter().sum();
+        let mut gq = vec![0f32; tokens * nh * hd];
+        let mut gk = vec![0f32; tokens * nkv * hd];
+        let mut gv = vec![0f32; tokens * nkv * hd];
+        for (task, (dq, dk, dv)) in tasks.iter().zip(&parts) {
+            let n = task.len;
+            for (j, dqh) in dq.chunks_exact(n * hd).enumerate() {
+                let head = task.kv_head * self.group() + j;
+                for (i, row) in dqh.chunks_exact(hd).enumerate() {
+                    let at = ((task.start + i) * nh + head) * hd;
+                    gq[at..at + hd].copy_from_slice(row);
+                }
+            }
+            for i in 0..n {
+                let at = ((task.start + i) * nkv + task.kv_head) * hd;
+                gk[at..at + hd].copy_from_slice(&dk[i * hd..(i + 1) * hd]);
+                gv[at..at + hd].copy_from_slice(&dv[i * hd..(i + 1) * hd]);
+            }
+        }
+        let t = |d: Vec<f32>, heads: usize| Tensor::from_vec(d, (tokens, heads * hd), &Device::Cpu);
+        Ok((Some(t(gq, nh)?), Some(t(gk, nkv)?), Some(t(gv, nkv)?)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::{softmax_last_dim, Rope};
+    use candle_core::{Var, D};
+    use rand::{Rng, SeedableRng};
+
+    /// The same attention in candle ops (the decoder's inference path: `Rope::apply`, masked scores,
+    /// softmax, per sequence), differentiated by candle's autograd.
+    fn reference(
+        op: &TrainAttention,
+        rope: &Rope,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        let (hd, nh, nkv) = (op.head_dim, op.n_heads, op.n_kv_heads);
+        let half = hd / 2;
+        let tokens: usize = op.lens.iter().sum();
+        let cos = Tensor::from_vec(op.cos.clone(), (tokens, half), &Device::Cpu)?;
+        let sin = Tensor::from_vec(op.sin.clone(), (tokens, half), &Device::Cpu)?;
+        let mut outs = Vec::new();
+        let mut at = 0;
+        for &n in &op.lens {
+            let heads = |t: &Tensor, h: usize| -> candle_core::Result<Tensor> {
+                t.narrow(0, at, n)?
+                    .reshape((n, h, hd))?
+                    .transpose(0, 1)?
+                    .contiguous()
+            };
+            let (c, s) = (cos.narrow(0, at, n)?, sin.narrow(0, at, n)?);
+            let qh = rope.apply(&heads(q, nh)?, &c, &s).unwrap();
+            let kh = rope.apply(&heads(k, nkv)?, &c, &s).unwrap();
+            let vh = heads(v, nkv)?;
+            let group = nh / nkv;
+            let qg = qh.reshape((nkv, group * n, hd))?;
+            let scores = (qg.matmul(&kh.t()?)? * (1.0 / (hd as f64).sqrt()))?;
+            let mask: Vec<f32> = (0..group * n)
+                .flat_map(|r| (0..n).map(move |j| if j <= r % n { 0.0 } else { f32::NEG_INFINITY }))
+                .collect();
+            let mask = Tensor::from_vec(mask, (group * n, n), &Device::Cpu)?;
+            let p = softmax_last_dim(&scores.broadcast_add(&mask)?).unwrap();
+            let o = p.matmul(&vh)?.reshape((nh, n, hd))?.transpose(0, 1)?;
+            outs.push(o.reshape((n, nh * hd))?);
+            at += n;
+        }
+        Tensor::cat(&outs, 0)
+    }
+
+    #[test]
+    fn forward_and_gradients_match_candle_autograd() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for style in [RopeStyle::Half, RopeStyle::Interleaved] {
+            for (nh, nkv, lens) in [(4, 2, vec![5, 1, 7]), (2, 2, vec![6]), (6, 2, vec![3, 4])] {
+                let hd = 8;
+                let tokens: usize = lens.iter().sum();
+                let inv_freq: Vec<f32> = (0..hd / 2)
+                    .map(|i| 1.0 / 100f32.powf(i as f32 / 4.0))
+                    .collect();
+                let rope = Rope::new(inv_freq, style);
+                let positions: Vec<usize> = lens.iter().flat_map(|&n| 0..n).collect();
+                let (cos, sin) = rope.tables_at(&positions).unwrap();
+                let op = || TrainAttention {
+                    lens: lens.clone(),
+                    cos: cos.flatten_all().unwrap().to_vec1().unwrap(),
+                    sin: sin.flatten_all().unwrap().to_vec1().unwrap(),
+                    style,
+                    n_heads: nh,
+                    n_kv_heads: nkv,
+                    head_dim: hd,
+                };
+                let mut var = |heads: usize| {
+                    let v: Vec<f32> = (0..tokens * heads * hd)
+                        .map(|_| rng.gen_range(-1.0..1.0))
+                        .collect();
+                    Var::from_vec(v, (tokens, heads * hd), &Device::Cpu).unwrap()
+                };
+                let (q, k, v) = (var(nh), var(nkv), var(nkv));
+                let w: Vec<f32> = (0..tokens * nh * hd)
+                    .map(|_| rng.gen_range(-1.0..1.0))
+                    .collect();
+                let w = Tensor::from_vec(w, (tokens, nh * hd), &Device::Cpu).unwrap();
+                let ours = q.apply_op3(&k, &v, op()).unwrap();
+                let theirs = reference(&op(), &rope, &q, &k, &v).unwrap();
+                let diff = |a: &Tensor, b: &Tensor| -> f32 {
+                    (a - b)
+                        .unwrap()
+                        .abs()
+                        .unwrap()
+                        .max_keepdim(D::Minus1)
+                        .unwrap()
+                        .max(0)
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap()[0]
+                };
+                assert!(diff(&ours, &theirs) < 1e-5, "{style:?} forward");
+                let ga = (ours * &w).unwrap().sum_all().unwrap().backward().unwrap();
+                let gb = (theirs * &w)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                for (name, x) in [("q", &q), ("k", &k), ("v", &v)] {
+                    let (a, b) = (ga.get(x).unwrap(), gb.get(x).unwrap());
+                    assert!(
+                        diff(a, b) < 1e-5,
+                        "{style:?} {nh}/{nkv} {lens:?}: gradient at {name}"
+                    );
+                }
+            }
+        }
+    }
+}
