@@ -872,20 +872,122 @@ impl candle_core::CustomOp2 for RmsNormOp {
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         // y = x·r·w with r = (mean(x²) + eps)^-1/2: dx = r·(g·w) - x·r³·mean((g·w)·x); dw = Σ_rows g·x·r.
-        let r = (x.sqr()?.mean_keepdim(D::Minus1)? + f64::from(self.eps))?
-            .sqrt()?
-            .recip()?;
-        let gw = g.broadcast_mul(w)?;
-        let dot = (&gw * x)?.mean_keepdim(D::Minus1)?;
-        let dx = (gw.broadcast_mul(&r)? - x.broadcast_mul(&(r.powf(3.0)? * dot)?)?)?;
-        let xr = x.broadcast_mul(&r)?;
-        let dw = (g * xr)?;
-        let dw = if dw.rank() > 1 {
-            dw.flatten_to(dw.rank() - 2)?.sum(0)?
+        // One pass per row for dx (candle ops made eight (rows × n) temporaries, each a gradient node's
+        // worth of allocation); dw only for a weight that is itself trained (LoRA keeps norms frozen).
+        use rayon::prelude::*;
+        let n = w.dim(D::Minus1)?;
+        let (xv, wv, gv) = (
+            x.flatten_all()?.to_vec1::<f32>()?,
+            w.flatten_all()?.to_vec1::<f32>()?,
+            g.flatten_all()?.to_vec1::<f32>()?,
+        );
+        let eps = self.eps;
+        let mut dx = vec![0f32; xv.len()];
+        dx.par_chunks_mut(n)
+            .zip(xv.par_chunks(n).zip(gv.par_chunks(n)))
+            .with_min_len(16)
+            .for_each(|(dr, (xr, gr))| {
+                let sum: f64 = xr.iter().map(|&v| f64::from(v * v)).sum();
+                let r = 1.0 / ((sum / n as f64) as f32 + eps).sqrt();
+                let dot: f32 = xr
+                    .iter()
+                    .zip(gr)
+                    .zip(&wv)
+                    .map(|((x, g), w)| g * w * x)
+                    .sum::<f32>()
+                    / n as f32;
+                let k = r * r * r * dot;
+                for (((d, &x), &g), &w) in dr.iter_mut().zip(xr).zip(gr).zip(&wv) {
+                    *d = g * w * r - x * k;
+                }
+            });
+        let dx = Tensor::from_vec(dx, x.shape(), x.device())?;
+        let dw = if w.is_variable() {
+            let r = (x.sqr()?.mean_keepdim(D::Minus1)? + f64::from(self.eps))?
+                .sqrt()?
+                .recip()?;
+            let dw = (g * x.broadcast_mul(&r)?)?;
+            Some(if dw.rank() > 1 {
+                dw.flatten_to(dw.rank() - 2)?.sum(0)?
+            } else {
+                dw
+            })
         } else {
-            dw
+            None
         };
-        Ok((Some(dx), Some(dw)))
+        Ok((Some(dx), dw))
+    }
+}
+
+/// SwiGLU's gate for training, `silu(g) · u` as one autograd node (candle's silu and product are two
+/// nodes over (tokens × intermediate), and silu's backward several more temporaries). The forward is
+/// candle's `silu` formula, so the values are the inference path's bits.
+pub(crate) struct SwiGluOp;
+
+impl candle_core::CustomOp2 for SwiGluOp {
+    fn name(&self) -> &'static str {
+        "swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gs: &candle_core::CpuStorage,
+        gl: &candle_core::Layout,
+        us: &candle_core::CpuStorage,
+        ul: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use rayon::prelude::*;
+        let g = contiguous_f32(gs, gl, self.name())?;
+        let u = contiguous_f32(us, ul, self.name())?;
+        if gl.shape() != ul.shape() {
+            return Err(candle_core::Error::Msg(
+                "swiglu: gate and up differ in shape".into(),
+            ));
+        }
+        let mut y = vec![0f32; g.len()];
+        y.par_chunks_mut(4096)
+            .zip(g.par_chunks(4096).zip(u.par_chunks(4096)))
+            .for_each(|(yc, (gc, uc))| {
+                for ((o, &v), &w) in yc.iter_mut().zip(gc).zip(uc) {
+                    *o = (v / (1.0 + (-v).exp())) * w;
+                }
+            });
+        Ok((candle_core::CpuStorage::F32(y), gl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        g: &Tensor,
+        u: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        use rayon::prelude::*;
+        let (gv, uv, dv) = (
+            g.flatten_all()?.to_vec1::<f32>()?,
+            u.flatten_all()?.to_vec1::<f32>()?,
+            dy.flatten_all()?.to_vec1::<f32>()?,
+        );
+        let mut dg = vec![0f32; gv.len()];
+        let mut du = vec![0f32; gv.len()];
+        dg.par_chunks_mut(4096)
+            .zip(du.par_chunks_mut(4096))
+            .zip(
+                gv.par_chunks(4096)
+                    .zip(uv.par_chunks(4096))
+                    .zip(dv.par_chunks(4096)),
+            )
+            .for_each(|((dgc, duc), ((gc, uc), dc))| {
+                for i in 0..gc.len() {
+                    let (x, w, d) = (gc[i], uc[i], dc[i]);
+                    let sig = 1.0 / (1.0 + (-x).exp());
+                    // silu'(x) = σ(x)·(1 + x·(1 − σ(x))).
+                    dgc[i] = d * w * (sig * (1.0 + x * (1.0 - sig)));
+                    duc[i] = d * (x * sig);
+                }
+            });
+        let t = |v: Vec<f32>| Tensor::from_vec(v, g.shape(), g.device());
+        Ok((Some(t(dg)?), Some(t(du)?)))
     }
 }
 

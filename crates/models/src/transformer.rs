@@ -9,7 +9,7 @@ use baimo_formats::llama2c::Llama2cCheckpoint;
 use baimo_formats::safetensors::SafeTensorsFiles;
 use candle_core::{Device, Tensor};
 
-use crate::layers::{softmax_last_dim, Embedding, Linear, RmsNorm, Rope};
+use crate::layers::{softmax_last_dim, Embedding, Linear, RmsNorm, Rope, SwiGluOp};
 use crate::lora::{
     permute_rows_for_interleaved_rope, slot, LoraAdapter, LoraDelta, ServedAdapter, PROJECTIONS,
 };
@@ -350,6 +350,10 @@ impl Mlp {
             [slot::GATE, slot::UP],
             pass,
         )?;
+        if matches!(pass, Pass::Train) && g.dtype() == candle_core::DType::F32 {
+            let h = g.contiguous()?.apply_op2(&u.contiguous()?, SwiGluOp)?;
+            return project(&self.down_proj, &h, layer, slot::DOWN, pass);
+        }
         // The gate's pre-activation is freed before the product is made: one fewer (tokens × intermediate)
         // buffer alive at a time.
         let g = {
