@@ -262,25 +262,56 @@ pub fn float_matmul_nn_with(
         });
     }
     let mut out = vec![0f32; n * cols];
+    nn_into(isa, &mut out, g, n, k, w, cols);
+    Ok(out)
+}
+
+/// `out += g · w`, as [`float_matmul_nn`] computes it (each output's sum starts from its value in `out`):
+/// for a gradient that has another term already (a LoRA update's), without a second buffer and an addition.
+pub fn float_matmul_nn_add(
+    out: &mut [f32],
+    g: &[f32],
+    n: usize,
+    k: usize,
+    w: &[f32],
+    cols: usize,
+) -> Result<(), KernelError> {
+    for (len, rows, c) in [(g.len(), n, k), (w.len(), k, cols), (out.len(), n, cols)] {
+        if len != rows * c {
+            return Err(KernelError::MatrixSize { len, rows, cols: c });
+        }
+    }
+    nn_into(Isa::detect(), out, g, n, k, w, cols);
+    Ok(())
+}
+
+fn nn_into(isa: Isa, out: &mut [f32], g: &[f32], n: usize, k: usize, w: &[f32], cols: usize) {
     if n == 0 || cols == 0 {
-        return Ok(out);
+        return;
     }
     #[cfg(target_arch = "x86_64")]
     if simd_for(isa) == Simd::Avx512 {
         let dst = SendPtr(out.as_mut_ptr());
+        // Column blocks, and row blocks too when there are too few column blocks to balance the threads.
         let blocks = cols.div_ceil(avx512::NN_COLS);
-        (0..blocks).into_par_iter().for_each(|b| {
-            // SAFETY: AVX-512 F was detected; the shapes were checked above; each task writes the
-            // columns of its own block only.
-            unsafe { avx512::nn_block(g, n, k, w, cols, b * avx512::NN_COLS, dst) }
+        let want = 4 * rayon::current_num_threads().max(1);
+        let row_blocks = want.div_ceil(blocks).clamp(1, n.div_ceil(avx512::TT));
+        let rows_per = n.div_ceil(row_blocks).next_multiple_of(avx512::TT);
+        let tasks: Vec<(usize, usize)> = (0..blocks)
+            .flat_map(|b| (0..n).step_by(rows_per).map(move |t0| (b, t0)))
+            .collect();
+        tasks.into_par_iter().for_each(|(b, t0)| {
+            let rows = (t0, (t0 + rows_per).min(n));
+            // SAFETY: AVX-512 F was detected; the shapes were checked by the callers; each task writes
+            // its own rows of its own column block only.
+            unsafe { avx512::nn_block(g, rows, k, w, cols, b * avx512::NN_COLS, dst) }
         });
-        return Ok(out);
+        return;
     }
     let _ = isa;
     out.par_chunks_mut(cols).enumerate().for_each(|(t, row)| {
         matmul_nn_ref_row(&g[t * k..(t + 1) * k], w, cols, row);
     });
-    Ok(out)
 }
 
 /// One output row of the reference: `row[c] = Σ_r g[r]·w[r][c]`, r ascending, one fused multiply-add each.
@@ -555,7 +586,8 @@ mod avx512 {
     /// while every tile of `g` rows passes over it.
     const NN_KC: usize = 512;
 
-    /// Columns `c0..c0 + 64` (fewer at the right edge) of `g · w` into `out` (`n` × `cols`, row-major).
+    /// Rows `t_start..t_end`, columns `c0..c0 + 64` (fewer at the right edge) of `g · w` added to `out`
+    /// (`n` × `cols`, row-major).
     ///
     /// # Safety
     /// AVX-512 F present; `g` holds `n` × `k` values, `w` `k` × `cols`; `out` points at `n` × `cols` values of
@@ -563,7 +595,7 @@ mod avx512 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub unsafe fn nn_block(
         g: &[f32],
-        n: usize,
+        (t_start, t_end): (usize, usize),
         k: usize,
         w: &[f32],
         cols: usize,
@@ -578,9 +610,9 @@ mod avx512 {
         let mut r0 = 0;
         while r0 < k {
             let r1 = (r0 + NN_KC).min(k);
-            let mut t = 0;
-            while t < n {
-                let nt = TT.min(n - t);
+            let mut t = t_start;
+            while t < t_end {
+                let nt = TT.min(t_end - t);
                 macro_rules! run {
                     ($nt:literal) => {
                         nn_tile::<$nt>(g, k, w, cols, c0, (r0, r1), t, masks, out)

@@ -3,7 +3,9 @@
 //! batch invariance (a row's outputs are the same bits alone and inside any batch).
 
 use baimo_kernels::float::dot_ref;
-use baimo_kernels::{float_matmul_nn_with, float_matmul_with, matmul_nn_ref, FloatFormat, Isa};
+use baimo_kernels::{
+    float_matmul_nn_add, float_matmul_nn_with, float_matmul_with, matmul_nn_ref, FloatFormat, Isa,
+};
 use rand::{Rng, SeedableRng};
 
 const FORMATS: [FloatFormat; 3] = [FloatFormat::F32, FloatFormat::F16, FloatFormat::BF16];
@@ -142,6 +144,8 @@ fn nn_product_matches_its_reference_and_a_float64_product() {
         (13, 100, 130),
         (6, 700, 50),
         (20, 576, 200),
+        // One column block: the rows split among the threads.
+        (100, 40, 20),
     ] {
         let g: Vec<f32> = (0..n * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
         let w: Vec<f32> = (0..k * cols).map(|_| rng.gen_range(-1.0..1.0)).collect();
@@ -165,4 +169,23 @@ fn nn_product_matches_its_reference_and_a_float64_product() {
         }
     }
     assert!(float_matmul_nn_with(Isa::Scalar, &[0.0; 5], 2, 3, &[0.0; 6], 2).is_err());
+}
+
+#[test]
+fn nn_product_adds_to_what_the_output_holds() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+    let (n, k, cols) = (9, 70, 90);
+    let g: Vec<f32> = (0..n * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    let w: Vec<f32> = (0..k * cols).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    let init: Vec<f32> = (0..n * cols).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    let mut out = init.clone();
+    float_matmul_nn_add(&mut out, &g, n, k, &w, cols).unwrap();
+    let product = matmul_nn_ref(&g, n, k, &w, cols);
+    for ((o, i), p) in out.iter().zip(&init).zip(&product) {
+        assert!(
+            (o - (i + p)).abs() <= 1e-5 * (1.0 + p.abs()),
+            "{o} vs {i} + {p}"
+        );
+    }
+    assert!(float_matmul_nn_add(&mut out[1..], &g, n, k, &w, cols).is_err());
 }

@@ -149,36 +149,42 @@ fn contiguous_f32<'a>(
     }
 }
 
-/// The gradient at a frozen product's input, `grad_y · W` for `W` (out, in): on AVX-512 CPUs our kernel
-/// multiplies `W` as stored (no transposed copy; candle's GEMM runs AVX2 code), else candle's matmul.
-fn input_grad(grad_y: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+/// The gradient at a frozen product's input, `grad_y · W` for `W` (out, in), plus `extra` (another term of
+/// the same gradient, (rows, in) values) when given: on AVX-512 CPUs our kernel multiplies `W` as stored (no
+/// transposed copy; candle's GEMM runs AVX2 code) and adds into `extra` in place, else candle's matmul.
+fn input_grad(grad_y: &Tensor, w: &Tensor, extra: Option<Vec<f32>>) -> candle_core::Result<Tensor> {
+    let (n, _) = grad_y.dims2()?;
+    let (_, inp) = w.dims2()?;
     if !baimo_kernels::float_kernels_fast()
-        || grad_y.rank() != 2
         || grad_y.dtype() != DType::F32
         || w.dtype() != DType::F32
     {
-        return grad_y.matmul(w);
+        let y = grad_y.matmul(w)?;
+        return match extra {
+            Some(e) => y + Tensor::from_vec(e, (n, inp), &Device::Cpu)?,
+            None => Ok(y),
+        };
     }
-    let (n, out) = grad_y.dims2()?;
-    let (_, inp) = w.dims2()?;
+    let out = grad_y.dim(1)?;
     let g = grad_y.contiguous()?;
     let w = w.contiguous()?;
-    let slice = |t: &Tensor| -> candle_core::Result<Vec<f32>> { t.flatten_all()?.to_vec1::<f32>() };
+    let mut y = extra.unwrap_or_else(|| vec![0f32; n * inp]);
     let (gs, gl) = g.storage_and_layout();
     let (ws, wl) = w.storage_and_layout();
-    let y = match (&*gs, gl.contiguous_offsets(), &*ws, wl.contiguous_offsets()) {
+    match (&*gs, gl.contiguous_offsets(), &*ws, wl.contiguous_offsets()) {
         (
             candle_core::Storage::Cpu(candle_core::CpuStorage::F32(gd)),
             Some((g0, g1)),
             candle_core::Storage::Cpu(candle_core::CpuStorage::F32(wd)),
             Some((w0, w1)),
-        ) => baimo_kernels::float_matmul_nn(&gd[g0..g1], n, out, &wd[w0..w1], inp),
+        ) => baimo_kernels::float_matmul_nn_add(&mut y, &gd[g0..g1], n, out, &wd[w0..w1], inp)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?,
         _ => {
-            drop((gs, ws));
-            baimo_kernels::float_matmul_nn(&slice(&g)?, n, out, &slice(&w)?, inp)
+            return Err(candle_core::Error::Msg(
+                "input-grad: CPU f32 tensors expected".into(),
+            ))
         }
     }
-    .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
     Tensor::from_vec(y, (n, inp), &Device::Cpu)
 }
 
@@ -224,7 +230,7 @@ impl candle_core::CustomOp1 for FrozenMatmul {
         _y: &Tensor,
         grad_y: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        input_grad(grad_y, &self.0).map(Some)
+        input_grad(grad_y, &self.0, None).map(Some)
     }
 }
 
@@ -296,7 +302,7 @@ impl candle_core::CustomOp1 for FrozenStored {
         let w = self
             .dequantized()
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        input_grad(grad_y, &w).map(Some)
+        input_grad(grad_y, &w, None).map(Some)
     }
 }
 
@@ -305,6 +311,18 @@ impl candle_core::CustomOp1 for FrozenStored {
 enum Frozen {
     Dense(FrozenMatmul),
     Stored(FrozenStored),
+}
+
+impl Frozen {
+    /// The weight as an f32 (out, in) tensor (dequantized for this call when stored quantized).
+    fn weight_f32(&self) -> candle_core::Result<Tensor> {
+        match self {
+            Frozen::Dense(op) => Ok(op.0.clone()),
+            Frozen::Stored(op) => op
+                .dequantized()
+                .map_err(|e| candle_core::Error::Msg(e.to_string())),
+        }
+    }
 }
 
 impl candle_core::CustomOp1 for Frozen {
@@ -377,12 +395,16 @@ impl candle_core::CustomOp3 for LoraLinearOp {
             .to_vec1::<f32>()?;
         let out = b.dim(0)?;
         let s = self.scale as f32;
-        for (row, lrow) in y.chunks_exact_mut(out).zip(lora.chunks_exact(out)) {
-            if let Some(bias) = &self.bias {
-                row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
-            }
-            row.iter_mut().zip(lrow).for_each(|(v, l)| *v += l * s);
-        }
+        use rayon::prelude::*;
+        y.par_chunks_mut(out)
+            .zip(lora.par_chunks(out))
+            .with_min_len(16)
+            .for_each(|(row, lrow)| {
+                if let Some(bias) = &self.bias {
+                    row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+                }
+                row.iter_mut().zip(lrow).for_each(|(v, l)| *v += l * s);
+            });
         Ok((candle_core::CpuStorage::F32(y), shape))
     }
 
@@ -391,21 +413,18 @@ impl candle_core::CustomOp3 for LoraLinearOp {
         x: &Tensor,
         a: &Tensor,
         b: &Tensor,
-        y: &Tensor,
+        _y: &Tensor,
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        use candle_core::CustomOp1;
         let (x, a, b, g) = (x.detach(), a.detach(), b.detach(), g.detach());
         let s = self.scale;
         let gb = g.matmul(&b)?; // (tokens, r): the gradient at x Aᵀ, before the scale
         let xa = x.matmul(&a.t()?)?;
         let grad_a = (gb.t()?.matmul(&x)? * s)?;
         let grad_b = (g.t()?.matmul(&xa)? * s)?;
-        let base = self
-            .base
-            .bwd(&x, y, &g)?
-            .ok_or_else(|| candle_core::Error::Msg("lora-linear: no base gradient".into()))?;
-        let grad_x = (base + (gb.matmul(&a)? * s)?)?;
+        // The adapter's term first; the base's product is added onto it in place.
+        let lora = (gb.matmul(&a)? * s)?.flatten_all()?.to_vec1::<f32>()?;
+        let grad_x = input_grad(&g, &self.base.weight_f32()?, Some(lora))?;
         Ok((Some(grad_x), Some(grad_a), Some(grad_b)))
     }
 }
