@@ -361,6 +361,8 @@ struct LoraLinearOp {
     base: Frozen,
     bias: Option<Vec<f32>>,
     scale: f64,
+    /// `x Aᵀ` from the forward, for the backward (which runs once per forward).
+    xa: std::sync::Mutex<Option<Tensor>>,
 }
 
 impl candle_core::CustomOp3 for LoraLinearOp {
@@ -388,11 +390,11 @@ impl candle_core::CustomOp3 for LoraLinearOp {
             Tensor::from_slice(contiguous_f32(s, l, self.name())?, l.shape(), &Device::Cpu)
         };
         let (x, a, b) = (t(xs, xl)?, t(as_, al)?, t(bs, bl)?);
-        let lora = x
-            .matmul(&a.t()?)?
-            .matmul(&b.t()?)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let xa = x.matmul(&a.t()?)?;
+        let lora = xa.matmul(&b.t()?)?.flatten_all()?.to_vec1::<f32>()?;
+        if let Ok(mut slot) = self.xa.lock() {
+            *slot = Some(xa);
+        }
         let out = b.dim(0)?;
         let s = self.scale as f32;
         use rayon::prelude::*;
@@ -419,7 +421,11 @@ impl candle_core::CustomOp3 for LoraLinearOp {
         let (x, a, b, g) = (x.detach(), a.detach(), b.detach(), g.detach());
         let s = self.scale;
         let gb = g.matmul(&b)?; // (tokens, r): the gradient at x Aᵀ, before the scale
-        let xa = x.matmul(&a.t()?)?;
+        let cached = self.xa.lock().ok().and_then(|mut slot| slot.take());
+        let xa = match cached {
+            Some(xa) => xa,
+            None => x.matmul(&a.t()?)?,
+        };
         let grad_a = (gb.t()?.matmul(&x)? * s)?;
         let grad_b = (g.t()?.matmul(&xa)? * s)?;
         // The adapter's term first; the base's product is added onto it in place.
@@ -638,6 +644,7 @@ impl Linear {
                     base,
                     bias,
                     scale: l.scale,
+                    xa: std::sync::Mutex::new(None),
                 };
                 Ok(x.apply_op3(&l.a, &l.b, op)?)
             }
