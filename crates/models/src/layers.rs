@@ -615,8 +615,9 @@ impl Linear {
     }
 
     /// The training pass: like [`Linear::forward`], but a float weight is multiplied as a frozen constant
-    /// ([`FrozenMatmul`]), so backpropagation computes the input's gradient only. LoRA updates (with dropout)
-    /// stay ordinary differentiable ops.
+    /// ([`FrozenMatmul`], [`FrozenStored`]), so backpropagation computes the input's gradient only. Without
+    /// dropout the product and its LoRA update are one node ([`LoraLinearOp`]); with dropout the update stays
+    /// ordinary differentiable ops.
     pub fn forward_train(&self, x: &Tensor) -> Result<Tensor> {
         if !x.device().is_cpu() || x.rank() != 2 {
             return self.forward_mode(x, false);
