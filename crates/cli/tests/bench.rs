@@ -98,7 +98,11 @@ fn json_report_has_the_issue_fields() {
     let bytes = lim["bytes_per_token"].as_f64().unwrap();
     assert!((bw_limit - 10e9 / bytes).abs() / bw_limit < 1e-3);
     // 1 thread × 2 GHz × 2 FMA units × 16 f32 lanes with AVX-512 (8 without) × 2 flops.
-    let lanes = if baimo_kernels::float_kernels_fast() { 16.0 } else { 8.0 };
+    let lanes = if baimo_kernels::float_kernels_fast() {
+        16.0
+    } else {
+        8.0
+    };
     assert_eq!(lim["peak_gflops"], 2.0 * 2.0 * lanes * 2.0);
     let med = j["gen_tokens_per_s"]["median"].as_f64().unwrap();
     let frac = lim["bandwidth_fraction"].as_f64().unwrap();
