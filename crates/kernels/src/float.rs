@@ -247,20 +247,7 @@ pub fn float_matmul_nn_with(
     w: &[f32],
     cols: usize,
 ) -> Result<Vec<f32>, KernelError> {
-    if g.len() != n * k {
-        return Err(KernelError::MatrixSize {
-            len: g.len(),
-            rows: n,
-            cols: k,
-        });
-    }
-    if w.len() != k * cols {
-        return Err(KernelError::MatrixSize {
-            len: w.len(),
-            rows: k,
-            cols,
-        });
-    }
+    check_nn(&[(g.len(), n, k), (w.len(), k, cols)])?;
     let mut out = vec![0f32; n * cols];
     nn_into(isa, &mut out, g, n, k, w, cols);
     Ok(out)
@@ -276,12 +263,18 @@ pub fn float_matmul_nn_add(
     w: &[f32],
     cols: usize,
 ) -> Result<(), KernelError> {
-    for (len, rows, c) in [(g.len(), n, k), (w.len(), k, cols), (out.len(), n, cols)] {
-        if len != rows * c {
-            return Err(KernelError::MatrixSize { len, rows, cols: c });
+    check_nn(&[(g.len(), n, k), (w.len(), k, cols), (out.len(), n, cols)])?;
+    nn_into(Isa::detect(), out, g, n, k, w, cols);
+    Ok(())
+}
+
+/// Each (values held, rows, columns) of the NN products' matrices must agree.
+fn check_nn(matrices: &[(usize, usize, usize)]) -> Result<(), KernelError> {
+    for &(len, rows, cols) in matrices {
+        if len != rows * cols {
+            return Err(KernelError::MatrixSize { len, rows, cols });
         }
     }
-    nn_into(Isa::detect(), out, g, n, k, w, cols);
     Ok(())
 }
 

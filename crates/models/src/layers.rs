@@ -136,7 +136,7 @@ fn kernel_matmul_t(w: &Tensor, x: &[f32]) -> Option<Result<Vec<f32>>> {
 }
 
 /// The values of a custom op's contiguous f32 input (the frozen products make their input contiguous).
-fn contiguous_f32<'a>(
+pub(crate) fn contiguous_f32<'a>(
     storage: &'a candle_core::CpuStorage,
     layout: &candle_core::Layout,
     op: &str,
@@ -847,8 +847,8 @@ impl RmsNorm {
     }
 }
 
-/// RMSNorm times its weight in one pass over each row (see [`RmsNorm::forward`]); the gradient is the usual
-/// one, computed with candle ops.
+/// RMSNorm times its weight in one pass over each row (see [`RmsNorm::forward`]); the input's gradient is the
+/// usual one, also one pass per row.
 struct RmsNormOp {
     eps: f32,
 }

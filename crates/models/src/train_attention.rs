@@ -11,7 +11,7 @@
 use candle_core::{CpuStorage, CustomOp3, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::layers::softmax_row;
+use crate::layers::{contiguous_f32, softmax_row};
 use crate::RopeStyle;
 
 /// Inputs: q (tokens, heads·hd), k and v (tokens, kv_heads·hd), the projections' outputs; output (tokens,
@@ -167,15 +167,6 @@ fn axpy(acc: &mut [f32], w: f32, x: &[f32]) {
     acc.iter_mut().zip(x).for_each(|(a, v)| *a += w * v);
 }
 
-fn values<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(d), Some((a, b))) => Ok(&d[a..b]),
-        _ => Err(candle_core::Error::Msg(format!(
-            "train-attention: {what} must be contiguous f32"
-        ))),
-    }
-}
-
 fn tensor_values(t: &Tensor) -> candle_core::Result<Vec<f32>> {
     t.flatten_all()?.to_vec1::<f32>()
 }
@@ -195,9 +186,9 @@ impl CustomOp3 for TrainAttention {
         vl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (q, k, v) = (
-            values(qs, ql, "q")?,
-            values(ks, kl, "k")?,
-            values(vs, vl, "v")?,
+            contiguous_f32(qs, ql, self.name())?,
+            contiguous_f32(ks, kl, self.name())?,
+            contiguous_f32(vs, vl, self.name())?,
         );
         let (hd, nh, nkv) = (self.head_dim, self.n_heads, self.n_kv_heads);
         let tokens: usize = self.lens.iter().sum();
