@@ -6,11 +6,13 @@
 //!   never a BPE of our own.
 //! * [`StreamDecoder`]: incremental detokenization that only emits complete UTF-8.
 //! * [`template::ChatTemplate`]: HF-compatible chat templates on minijinja.
-//! * [`gguf_vocab_from_hf_dir`]: a Hugging Face tokenizer as the GGUF metadata llama.cpp's converter writes.
+//! * [`gguf_vocab_from_hf_dir`]: a Hugging Face tokenizer as the GGUF metadata llama.cpp's converter writes;
+//!   [`Tokenizer::hf_files`] the other way, a GGUF vocabulary as Hugging Face tokenizer files.
 
 mod build;
 mod error;
 mod gguf;
+mod gguf_hf;
 mod hf;
 mod hf_gguf;
 mod llama2c;
@@ -20,6 +22,7 @@ pub mod template;
 mod tokenizer;
 
 pub use error::{Result, TokenizeError};
+pub use gguf_hf::HfTokenizerFiles;
 pub use hf_gguf::GgufVocab;
 pub use stream::StreamDecoder;
 pub use template::{ChatTemplate, Message};
@@ -49,6 +52,13 @@ impl Tokenizer {
     /// `add_bos_token`) and `generation_config.json` (`eos_token_id`s) when present.
     pub fn from_hf_dir(dir: &Path) -> Result<Self> {
         hf::from_hf_dir(dir)
+    }
+
+    /// `tokenizer.json` and `tokenizer_config.json` with which transformers' `AutoTokenizer` tokenizes as this
+    /// tokenizer does (for one built from GGUF metadata: as llama.cpp does); `model_max_length` is the model's
+    /// context length.
+    pub fn hf_files(&self, model_max_length: Option<usize>) -> Result<HfTokenizerFiles> {
+        gguf_hf::hf_files(self, model_max_length)
     }
 
     /// Loads a llama2.c `tokenizer.bin` / `tok*.bin` with `vocab_size` entries.

@@ -237,6 +237,11 @@ impl Tokenizer {
         self.add_bos
     }
 
+    /// Whether `encode(.., add_bos = true, ..)` appends EOS.
+    pub fn adds_eos(&self) -> bool {
+        self.add_eos
+    }
+
     /// Number of ids (model vocabulary plus added tokens).
     pub fn vocab_size(&self) -> usize {
         self.n_vocab
