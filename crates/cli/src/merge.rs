@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use baimo_formats::gguf::GgufFile;
-use baimo_models::merge::{merge_gguf, merge_hf_dir, merge_hf_to_gguf, OutType};
+use baimo_models::merge::{
+    merge_gguf, merge_gguf_to_hf, merge_hf_dir, merge_hf_to_gguf, parse_hf_dtype, OutType,
+};
 use baimo_models::LoraAdapter;
 use baimo_store::ModelStore;
 use clap::Args;
@@ -18,13 +20,15 @@ pub struct MergeArgs {
     /// PEFT adapter folder (adapter_config.json + adapter_model.safetensors), e.g. from `baimo finetune`.
     pub adapter: PathBuf,
     /// Output: a .gguf file (from a GGUF base, or from a Hugging Face base converted as llama.cpp's
-    /// convert_hf_to_gguf.py does: llama, qwen2, qwen3 with a byte-level BPE tokenizer), or, from a Hugging
-    /// Face base, a folder (model.safetensors in the base's dtypes, config and tokenizer files copied).
+    /// convert_hf_to_gguf.py does: llama, qwen2, qwen3), or else a Hugging Face folder: from a Hugging Face
+    /// base, model.safetensors in the base's dtypes with its config and tokenizer files copied; from a GGUF
+    /// base, model.safetensors dequantized to --outtype with config, generation config and tokenizer files
+    /// written from the GGUF metadata (what transformers' from_pretrained loads).
     #[arg(short, long)]
     pub out: PathBuf,
-    /// GGUF output only: the type of every matrix (f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k..q6_k),
-    /// or `keep` for the base's own types; norms and biases stay f32. Rows that are not whole blocks of the
-    /// type fall back to q8_0 (else f16) and are listed.
+    /// GGUF output: the type of every matrix (f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k..q6_k), or
+    /// `keep` for the base's own types; norms and biases stay f32. Rows that are not whole blocks of the type
+    /// fall back to q8_0 (else f16) and are listed. Folder from a GGUF base: f32, f16 or bf16 for every tensor.
     #[arg(long, default_value = "f16")]
     pub outtype: String,
     /// Replace OUT if it exists.
@@ -44,16 +48,19 @@ pub fn merge(store: &ModelStore, a: MergeArgs) -> Result<()> {
     }
     let to_gguf = a.out.extension().and_then(|e| e.to_str()) == Some("gguf");
     let started = std::time::Instant::now();
+    let context = || format!("merging into {}", base.display());
     let report = if base.is_dir() && !to_gguf {
         if a.outtype != "f16" && a.outtype != "keep" {
             bail!("--outtype applies to GGUF output; a Hugging Face folder output keeps the base's dtypes");
         }
-        merge_hf_dir(&base, &adapter, &a.out)
-            .with_context(|| format!("merging into {}", base.display()))?
+        via_partial(&a.out, |tmp| merge_hf_dir(&base, &adapter, tmp)).with_context(context)?
+    } else if !to_gguf {
+        let dtype = parse_hf_dtype(&a.outtype).map_err(anyhow::Error::msg)?;
+        via_partial(&a.out, |tmp| {
+            merge_gguf_to_hf(&GgufFile::open(&base)?, Some(&adapter), dtype, tmp)
+        })
+        .with_context(context)?
     } else {
-        if !to_gguf {
-            bail!("a GGUF base is merged into a GGUF file: give -o NAME.gguf");
-        }
         let outtype: OutType = a.outtype.parse().map_err(anyhow::Error::msg)?;
         via_partial(&a.out, |tmp| {
             if base.is_dir() {
@@ -63,7 +70,7 @@ pub fn merge(store: &ModelStore, a: MergeArgs) -> Result<()> {
                 merge_gguf(&g, &adapter, outtype, tmp)
             }
         })
-        .with_context(|| format!("merging into {}", base.display()))?
+        .with_context(context)?
     };
     for (name, asked, got) in &report.fallbacks {
         eprintln!("note: {name}: rows are not whole {asked} blocks, written as {got}");
@@ -79,20 +86,34 @@ pub fn merge(store: &ModelStore, a: MergeArgs) -> Result<()> {
     Ok(())
 }
 
-/// Runs `write` on `OUT.partial` beside OUT and renames it to OUT when it succeeds, so a failed merge leaves no
-/// half file (and no file at all).
+/// Runs `write` on `OUT.partial` beside OUT (a file or a folder) and renames it to OUT when it succeeds, so a
+/// failed merge leaves nothing behind. An existing OUT (allowed by --force) is replaced only then.
 fn via_partial<T>(out: &Path, write: impl FnOnce(&Path) -> baimo_models::Result<T>) -> Result<T> {
     let tmp = partial_path(out);
+    remove(&tmp);
     match write(&tmp) {
         Ok(r) => {
+            if out.is_dir() {
+                std::fs::remove_dir_all(out)
+                    .with_context(|| format!("replacing {}", out.display()))?;
+            }
             std::fs::rename(&tmp, out)
                 .with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
             Ok(r)
         }
         Err(e) => {
-            std::fs::remove_file(&tmp).ok();
+            remove(&tmp);
             Err(e.into())
         }
+    }
+}
+
+/// Removes a file or a folder, if there is one.
+fn remove(path: &Path) {
+    if path.is_dir() {
+        std::fs::remove_dir_all(path).ok();
+    } else {
+        std::fs::remove_file(path).ok();
     }
 }
 

@@ -1,5 +1,6 @@
-//! `baimo merge` end to end: the merged GGUF (from a GGUF or a Hugging Face base) generates what the base does
-//! with the adapter applied, and bad requests fail with a message and no output file.
+//! `baimo merge` end to end: the merged GGUF (from a GGUF or a Hugging Face base) and the merged Hugging Face
+//! folder (from a GGUF base) generate what the base does with the adapter applied, and bad requests fail with a
+//! message and no output file or folder.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -65,15 +66,18 @@ fn merged_gguf_generates_like_the_adapter() {
     let o = baimo(&["merge", base, adapter, "-o", out_s]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--force"));
-    // A GGUF base needs a .gguf output.
+    // A folder output takes float types only.
     let o = baimo(&[
         "merge",
         base,
         adapter,
         "-o",
-        dir.join("x.bin").to_str().unwrap(),
+        dir.join("x").to_str().unwrap(),
+        "--outtype",
+        "q4_k",
     ]);
-    assert!(String::from_utf8_lossy(&o.stderr).contains(".gguf"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("f32, f16, bf16"));
+    assert!(!dir.join("x").exists());
     // Unknown type.
     let o = baimo(&[
         "merge",
@@ -164,5 +168,59 @@ fn hugging_face_base_merges_into_gguf() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("pre-tokenizer"), "{err}");
     assert!(!bad.exists() && !dir.join("bad.gguf.partial").exists());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn gguf_base_merges_into_a_hugging_face_folder() {
+    let dir = std::env::temp_dir().join(format!("baimo-merge-cli-to-hf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for model in ["llama-gqa", "qwen2-gqa"] {
+        let tiny = root().join("fixtures/tiny").join(model);
+        let base = tiny.join(format!("{model}-F32.gguf"));
+        let base = base.to_str().unwrap();
+        let adapter = tiny.join("lora-all");
+        let adapter = adapter.to_str().unwrap();
+        let out = dir.join(model);
+        let out_s = out.to_str().unwrap();
+        let o = baimo(&["merge", base, adapter, "-o", out_s, "--outtype", "f32"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(!dir.join(format!("{model}.partial")).exists());
+        for f in [
+            "model.safetensors",
+            "config.json",
+            "generation_config.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+        ] {
+            assert!(out.join(f).is_file(), "{model}: {f}");
+        }
+        let with_adapter = greedy(base, &["--adapter", adapter]);
+        assert_eq!(greedy(out_s, &[]), with_adapter, "{model}");
+        assert_ne!(
+            greedy(base, &[]),
+            with_adapter,
+            "the adapter must change the answer"
+        );
+        // --force replaces the folder (default type: f16).
+        let o = baimo(&["merge", base, adapter, "-o", out_s, "--force"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let cfg = std::fs::read_to_string(out.join("config.json")).unwrap();
+        assert!(cfg.contains("\"float16\""), "{cfg}");
+    }
+    // An adapter for a model of another shape: an error, and no folder (nor a partial one) left behind.
+    let other = root().join("fixtures/tiny/llama-q/llama-q-Q8_0.gguf");
+    let adapter = root().join("fixtures/tiny/llama-gqa/lora-all");
+    let bad = dir.join("bad");
+    let o = baimo(&[
+        "merge",
+        other.to_str().unwrap(),
+        adapter.to_str().unwrap(),
+        "-o",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("adapter"));
+    assert!(!bad.exists() && !dir.join("bad.partial").exists());
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -17,6 +17,8 @@ pub enum ModelError {
     Tokenize(#[from] baimo_tokenize::TokenizeError),
     #[error("tensor `{name}` has no llama.cpp name in a {arch} model")]
     UnmappedTensor { name: String, arch: &'static str },
+    #[error("tensor `{name}` of a {arch} GGUF file has no Hugging Face name")]
+    NoHfName { name: String, arch: &'static str },
     #[error("missing tensor `{0}`")]
     MissingTensor(String),
     #[error("tensor `{name}` has shape {actual:?}, expected {expected:?}")]

@@ -73,7 +73,7 @@ pub fn merge_hf_to_gguf(
             report.merged += 1;
         }
         if let Some(heads) = rope_heads(hf, &cfg) {
-            t = permute_for_rope(&t, heads)?;
+            t = permute_for_rope(&t, heads, permute_rows_for_interleaved_rope)?;
         }
         let dims: Vec<u64> = t.dims().iter().rev().map(|&d| d as u64).collect();
         let (ty, bytes) = if t.rank() == 2 {
@@ -202,7 +202,7 @@ fn hyper_parameters(
 
 /// The publisher's recommended sampling settings from `generation_config.json`, as `general.sampling.*` (gguf-py
 /// `Metadata.load` and `set_gguf_meta_model`; llama.cpp uses them as its defaults): (key, integer or not).
-const SAMPLING: [(&str, &str, bool); 12] = [
+pub(crate) const SAMPLING: [(&str, &str, bool); 12] = [
     ("sequence", "sequence", false),
     ("top_k", "top_k", true),
     ("top_p", "top_p", false),
@@ -259,7 +259,7 @@ fn sampling_defaults(base: &Path) -> Result<Vec<(String, Value)>> {
 }
 
 /// The head count of the q/k projection (weight or bias) `hf` on Llama, whose rows the converter permutes.
-fn rope_heads(hf: &str, cfg: &ModelConfig) -> Option<usize> {
+pub(crate) fn rope_heads(hf: &str, cfg: &ModelConfig) -> Option<usize> {
     if cfg.arch != Arch::Llama {
         return None;
     }
@@ -273,14 +273,16 @@ fn rope_heads(hf: &str, cfg: &ModelConfig) -> Option<usize> {
     }
 }
 
-/// `LlamaModel.permute` on a weight (rows × cols) or a bias (rows).
-fn permute_for_rope(t: &Tensor, heads: usize) -> Result<Tensor> {
+/// A row permutation of q/k for llama.cpp's rope ([`permute_rows_for_interleaved_rope`] or its inverse).
+pub(crate) type RowPermutation = fn(&Tensor, usize) -> Result<Tensor>;
+
+/// `LlamaModel.permute` (or, with the inverse `rows`, its undoing) on a weight (rows × cols) or a bias (rows).
+pub(crate) fn permute_for_rope(t: &Tensor, heads: usize, rows: RowPermutation) -> Result<Tensor> {
     if t.rank() == 1 {
         let n = t.dim(0)?;
-        let rows = permute_rows_for_interleaved_rope(&t.reshape((n, 1))?, heads)?;
-        return Ok(rows.reshape(n)?);
+        return Ok(rows(&t.reshape((n, 1))?, heads)?.reshape(n)?);
     }
-    permute_rows_for_interleaved_rope(t, heads)
+    rows(t, heads)
 }
 
 /// The GGUF type of the folder's own dtype for `name`.
@@ -295,13 +297,7 @@ fn stored_type(files: &SafeTensorsFiles, name: &str) -> GgmlType {
 /// `rope_freqs.weight` for Llama 3 rope scaling: the divisor of each rotary frequency, computed in f32 the way
 /// the converter's torch code does (`LlamaModel.generate_extra_tensors`), so the bytes match its file.
 fn rope_freqs(cfg: &ModelConfig) -> Result<Option<Vec<f32>>> {
-    let Some(RopeScaling::Llama3 {
-        factor,
-        low_freq_factor: lo,
-        high_freq_factor: hi,
-        original_max_position_embeddings: old,
-    }) = cfg.rope_scaling
-    else {
+    let Some(scaling @ RopeScaling::Llama3 { .. }) = &cfg.rope_scaling else {
         return Ok(None);
     };
     if cfg.arch != Arch::Llama {
@@ -310,14 +306,33 @@ fn rope_freqs(cfg: &ModelConfig) -> Result<Option<Vec<f32>>> {
             cfg.arch.name()
         )));
     }
-    let d = cfg.head_dim;
+    Ok(llama3_freq_factors(scaling, cfg.rope_theta, cfg.head_dim))
+}
+
+/// The per-frequency divisors of Llama 3 rope scaling (`None` for any other scaling), in f32 as llama.cpp's
+/// converter computes them.
+pub(crate) fn llama3_freq_factors(
+    scaling: &RopeScaling,
+    theta: f32,
+    head_dim: usize,
+) -> Option<Vec<f32>> {
+    let RopeScaling::Llama3 {
+        factor,
+        low_freq_factor: lo,
+        high_freq_factor: hi,
+        original_max_position_embeddings: old,
+    } = *scaling
+    else {
+        return None;
+    };
+    let d = head_dim;
     let old = old as f32;
     let (low_wavelen, high_wavelen) = (old / lo, old / hi);
     let two_pi = std::f64::consts::TAU as f32;
     let factors = (0..d)
         .step_by(2)
         .map(|i| {
-            let freq = 1.0f32 / cfg.rope_theta.powf(i as f32 / d as f32);
+            let freq = 1.0f32 / theta.powf(i as f32 / d as f32);
             let wavelen = two_pi / freq;
             if wavelen < high_wavelen {
                 1.0
@@ -329,7 +344,7 @@ fn rope_freqs(cfg: &ModelConfig) -> Result<Option<Vec<f32>>> {
             }
         })
         .collect();
-    Ok(Some(factors))
+    Some(factors)
 }
 
 /// gguf-py's `size_label` for a dense model (`model_weight_count_rounded_notation`, two significant digits at
@@ -409,7 +424,10 @@ mod tests {
         );
         // A bias is permuted like a one-column weight: head 0 of [0..8) with head_dim 4 → 0, 2, 1, 3.
         let b = Tensor::arange(0f32, 8., &candle_core::Device::Cpu).unwrap();
-        let p = permute_for_rope(&b, 2).unwrap().to_vec1::<f32>().unwrap();
+        let p = permute_for_rope(&b, 2, permute_rows_for_interleaved_rope)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert_eq!(p, [0., 2., 1., 3., 4., 6., 5., 7.]);
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod error;
+mod gguf_hf;
 mod hf_gguf;
 pub mod kv_cache;
 pub mod layers;

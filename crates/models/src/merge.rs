@@ -9,6 +9,8 @@
 //! - A Hugging Face folder gives a Hugging Face folder: `model.safetensors` with every tensor in its original
 //!   dtype (merged ones computed in f32 and cast back) and the folder's other files (config, tokenizer)
 //!   copied; or a GGUF file, converted as llama.cpp's `convert_hf_to_gguf.py` does ([`merge_hf_to_gguf`]).
+//! - A GGUF base also gives a Hugging Face folder ([`merge_gguf_to_hf`]): tensors dequantized to one float type
+//!   under Hugging Face's names, config, generation config and tokenizer files written from the metadata.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -23,6 +25,7 @@ use crate::lora::{permute_rows_for_interleaved_rope, LoraAdapter, LoraDelta, PRO
 use crate::weights::{ggml_to_candle, gguf_to_hf_name, WeightSource};
 use crate::{ModelError, Result};
 
+pub use crate::gguf_hf::{merge_gguf_to_hf, parse_hf_dtype};
 pub use crate::hf_gguf::merge_hf_to_gguf;
 
 /// The type of the matrices in a merged GGUF file.
@@ -175,6 +178,25 @@ pub(crate) fn file_type(ty: GgmlType) -> Option<u32> {
     })
 }
 
+/// Writes `dest/model.safetensors`, readable as the folder is (the safetensors crate writes through a temporary
+/// file, which is private to its owner: 0600).
+pub(crate) fn save_safetensors(tensors: &HashMap<String, Tensor>, dest: &Path) -> Result<()> {
+    let st = dest.join("model.safetensors");
+    candle_core::safetensors::save(tensors, &st)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let io = |source| ModelError::Io {
+            path: st.display().to_string(),
+            source,
+        };
+        let dir_mode = std::fs::metadata(dest).map_err(io)?.permissions().mode();
+        std::fs::set_permissions(&st, std::fs::Permissions::from_mode(dir_mode & 0o666))
+            .map_err(io)?;
+    }
+    Ok(())
+}
+
 /// Errors unless every module of the adapter was merged.
 pub(crate) fn check_all_used(adapter: &LoraAdapter, used: &HashSet<String>) -> Result<()> {
     let mut left: Vec<&str> = adapter.modules().filter(|m| !used.contains(*m)).collect();
@@ -299,8 +321,7 @@ pub fn merge_hf_dir(base: &Path, adapter: &LoraAdapter, dest: &Path) -> Result<M
         report.tensors += 1;
     }
     check_all_used(adapter, &used)?;
-    let st = dest.join("model.safetensors");
-    candle_core::safetensors::save(&out, &st)?;
+    save_safetensors(&out, dest)?;
     let entries = std::fs::read_dir(base).map_err(|e| io(base, e))?;
     for e in entries {
         let p = e.map_err(|e| io(base, e))?.path();
