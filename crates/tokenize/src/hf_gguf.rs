@@ -8,6 +8,10 @@
 //! models, which a freshly trained vocabulary is not in. Here the `tokenizer.json`'s own pre-tokenizer is run
 //! on that test text and compared with each of llama.cpp's split rules ([`crate::pretok`]): any vocabulary
 //! that splits text by a rule llama.cpp implements is recognised, and no other.
+//!
+//! SentencePiece vocabularies (`tokenizer.model`, which the converter tries first, or a byte-fallback BPE
+//! `tokenizer.json`) become `tokenizer.ggml.model = "llama"` with scores and types ([`crate::spm_gguf`]), with
+//! the same special tokens, flags and template.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -20,6 +24,7 @@ use crate::build::byte_level_pre_tokenizer;
 use crate::error::{Result, TokenizeError};
 use crate::hf::{read_json, token_text};
 use crate::pretok;
+use crate::spm_gguf;
 
 /// llama.cpp `llama_token_type` values (gguf-py `TokenType`).
 const NORMAL: i32 = 1;
@@ -56,20 +61,45 @@ pub(crate) fn gguf_vocab(dir: &Path, vocab_size: usize) -> Result<GgufVocab> {
         what,
     };
     let text = match std::fs::read_to_string(&tj_path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(unconvertible(
-            "there is no tokenizer.json (a SentencePiece tokenizer.model alone is not converted)"
-                .into(),
-        )),
+        Ok(t) => Some(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(TokenizeError::io(&tj_path, e)),
     };
-    let tj: Json = serde_json::from_str(&text).map_err(|source| TokenizeError::Json {
-        path: tj_path.clone(),
-        source,
-    })?;
-    check_byte_level(&tj).map_err(unconvertible)?;
+    let tj: Option<Json> = match &text {
+        Some(t) => Some(
+            serde_json::from_str(t).map_err(|source| TokenizeError::Json {
+                path: tj_path.clone(),
+                source,
+            })?,
+        ),
+        None => None,
+    };
+    let cfg = read_json(&dir.join("tokenizer_config.json"))?;
+    let config = read_json(&dir.join("config.json"))?;
+    let add_prefix_space = cfg
+        .as_ref()
+        .and_then(|c| c.get("add_prefix_space"))
+        .and_then(Json::as_bool);
+    // The converter tries SentencePiece's tokenizer.model first (`LlamaModel.set_vocab`, `Qwen2Model.set_vocab`).
+    if let Some(v) = spm_gguf::from_tokenizer_model(dir, vocab_size)? {
+        let specials =
+            Specials::load(dir, tj.as_ref(), cfg, config.as_ref(), Some(v.tokens.len()))?;
+        return Ok(sentencepiece_vocab(v, specials, add_prefix_space));
+    }
+    let (Some(text), Some(tj)) = (text, tj) else {
+        return Err(unconvertible(
+            "there is neither a tokenizer.json nor a tokenizer.model".into(),
+        ));
+    };
     let tk = tokenizers::Tokenizer::from_str(&text)
         .map_err(|e| TokenizeError::tk("tokenizer.json", format!("{}: {e}", tj_path.display())))?;
+    if spm_gguf::is_llama_hf(&tj) {
+        let v = spm_gguf::from_tokenizer_json(&tk, &tj, cfg.as_ref(), vocab_size)
+            .map_err(unconvertible)?;
+        let specials = Specials::load(dir, Some(&tj), cfg, config.as_ref(), Some(v.tokens.len()))?;
+        return Ok(sentencepiece_vocab(v, specials, add_prefix_space));
+    }
+    check_byte_level(&tj).map_err(unconvertible)?;
     let pre = pre_name(&tk)?.ok_or_else(|| {
         unconvertible(format!(
             "its pre-tokenizer splits text like none of llama.cpp's (tokenizer.ggml.pre: {})",
@@ -78,9 +108,7 @@ pub(crate) fn gguf_vocab(dir: &Path, vocab_size: usize) -> Result<GgufVocab> {
     })?;
     let (tokens, types) = tokens_and_types(&tk, vocab_size).map_err(unconvertible)?;
     let merges = merges(&tj).map_err(unconvertible)?;
-    let cfg = read_json(&dir.join("tokenizer_config.json"))?;
-    let config = read_json(&dir.join("config.json"))?;
-    let specials = Specials::load(dir, &tj, cfg.clone(), config.as_ref())?;
+    let specials = Specials::load(dir, Some(&tj), cfg, config.as_ref(), None)?;
 
     let mut metadata: Vec<(String, Value)> = vec![
         ("tokenizer.ggml.model".into(), Value::from("gpt2")),
@@ -103,17 +131,46 @@ pub(crate) fn gguf_vocab(dir: &Path, vocab_size: usize) -> Result<GgufVocab> {
     specials.write(&mut metadata);
     Ok(GgufVocab {
         metadata,
-        add_prefix_space: cfg
-            .as_ref()
-            .and_then(|c| c.get("add_prefix_space"))
-            .and_then(Json::as_bool),
+        add_prefix_space,
     })
+}
+
+/// `_set_vocab_sentencepiece` / `_set_vocab_llama_hf`: model `llama`, pre-tokenizer `default`, the tokens with
+/// their scores and types, then the special tokens (no merges).
+fn sentencepiece_vocab(
+    v: spm_gguf::SpmVocab,
+    specials: Specials,
+    add_prefix_space: Option<bool>,
+) -> GgufVocab {
+    let mut metadata: Vec<(String, Value)> = vec![
+        ("tokenizer.ggml.model".into(), Value::from("llama")),
+        ("tokenizer.ggml.pre".into(), Value::from("default")),
+        (
+            "tokenizer.ggml.tokens".into(),
+            Value::Array(v.tokens.into_iter().map(Value::String).collect()),
+        ),
+        (
+            "tokenizer.ggml.scores".into(),
+            Value::Array(v.scores.into_iter().map(Value::F32).collect()),
+        ),
+        (
+            "tokenizer.ggml.token_type".into(),
+            Value::Array(v.types.into_iter().map(Value::I32).collect()),
+        ),
+    ];
+    specials.write(&mut metadata);
+    GgufVocab {
+        metadata,
+        add_prefix_space,
+    }
 }
 
 /// Errors unless `tokenizer.json` is byte-level BPE (gguf-py `BpeVocab`'s test: a BPE model without byte
 /// fallback and a `ByteLevel` decoder), with no normalizer llama.cpp would not apply either.
 fn check_byte_level(tj: &Json) -> std::result::Result<(), String> {
-    let only = "only byte-level BPE tokenizers (GPT-2, Llama 3, Qwen, SmolLM style) are converted";
+    let only = "byte-level BPE (GPT-2, Llama 3, Qwen, SmolLM style) and SentencePiece tokenizers (a \
+                tokenizer.model, or BPE with byte_fallback and a Sequence decoder: Llama 2, Mistral style) are \
+                converted";
     let model = tj
         .pointer("/model/type")
         .and_then(Json::as_str)
@@ -123,7 +180,7 @@ fn check_byte_level(tj: &Json) -> std::result::Result<(), String> {
     }
     if tj.pointer("/model/byte_fallback").and_then(Json::as_bool) == Some(true) {
         return Err(format!(
-            "BPE with byte_fallback is SentencePiece-style (Llama 2, Mistral); {only}"
+            "BPE with byte_fallback but without a Sequence decoder; {only}"
         ));
     }
     let decoder = tj.pointer("/decoder/type").and_then(Json::as_str);
@@ -209,7 +266,7 @@ fn tokens_and_types(
 }
 
 /// The converter's `does_token_look_special`: added tokens some publishers forget to mark special.
-fn looks_special(t: &str) -> bool {
+pub(crate) fn looks_special(t: &str) -> bool {
     ["<pad>", "<mask>", "<2mass>", "[@BOS@]"].contains(&t)
         || (t.starts_with("<|") && t.ends_with("|>"))
         || (t.starts_with("<｜") && t.ends_with("｜>"))
@@ -245,6 +302,7 @@ struct Specials {
     /// (type, add) in the order they were found.
     add: Vec<(String, bool)>,
     chat_template: Option<Json>,
+    n_vocab: Option<usize>,
 }
 
 fn set<T>(list: &mut Vec<(String, T)>, key: &str, value: T) {
@@ -255,17 +313,21 @@ fn set<T>(list: &mut Vec<(String, T)>, key: &str, value: T) {
 }
 
 impl Specials {
+    /// `n_vocab`: ids at or above it are ignored (gguf-py's `SpecialVocab(n_vocab=...)`).
     fn load(
         dir: &Path,
-        tj: &Json,
+        tj: Option<&Json>,
         mut cfg: Option<Json>,
         config: Option<&Json>,
+        n_vocab: Option<usize>,
     ) -> Result<Specials> {
         let mut s = Specials {
             ids: Vec::new(),
             add: Vec::new(),
             chat_template: None,
+            n_vocab,
         };
+        let tj = tj.unwrap_or(&Json::Null);
         let mut types: Vec<&str> = vec!["bos", "eos", "unk", "sep", "pad", "cls", "mask"];
         let name = |cfg: &Option<Json>, typ: &str| {
             cfg.as_ref()
@@ -447,7 +509,8 @@ impl Specials {
                 path: PathBuf::from(dir),
                 what: format!("invalid {typ} token id {n}"),
             })?;
-        if !self.ids.iter().any(|(t, _)| t == typ) {
+        let in_range = self.n_vocab.is_none_or(|n| (id as usize) < n);
+        if in_range && !self.ids.iter().any(|(t, _)| t == typ) {
             self.ids.push((typ.to_string(), id));
         }
         Ok(())

@@ -17,6 +17,7 @@ mod hf;
 mod hf_gguf;
 mod llama2c;
 mod pretok;
+mod spm_gguf;
 mod stream;
 pub mod template;
 mod tokenizer;
@@ -68,8 +69,9 @@ impl Tokenizer {
 }
 
 /// The `tokenizer.*` GGUF metadata llama.cpp's `convert_hf_to_gguf.py` writes for the Hugging Face folder
-/// `dir` of a model with `vocab_size` embedding rows. Byte-level BPE tokenizers only (GPT-2, Llama 3,
-/// Qwen2/2.5/3, SmolLM2 style); others are [`TokenizeError::Unconvertible`], naming what is unsupported.
+/// `dir` of a model with `vocab_size` embedding rows: SentencePiece (`tokenizer.model`, or a `tokenizer.json`
+/// of BPE with byte fallback: Llama 2, Mistral style) or byte-level BPE (GPT-2, Llama 3, Qwen2/2.5/3, SmolLM2
+/// style); others are [`TokenizeError::Unconvertible`], naming what is unsupported.
 pub fn gguf_vocab_from_hf_dir(dir: &Path, vocab_size: usize) -> Result<GgufVocab> {
     hf_gguf::gguf_vocab(dir, vocab_size)
 }

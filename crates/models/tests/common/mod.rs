@@ -35,3 +35,20 @@ pub fn rel_err(got: &[f32], want: &[f32]) -> f32 {
         .fold(0f32, |a, (x, y)| a.max((x - y).abs()))
         / range
 }
+
+/// `<repo>/../shared/refdata`, or `$BAIMO_SHARED/refdata` (BAIMO_SHARED may also point at the refdata folder
+/// itself), as the tokenize crate's tests find it.
+pub fn refdata() -> PathBuf {
+    let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/refdata");
+    if beside.is_dir() {
+        return beside;
+    }
+    let shared = PathBuf::from(std::env::var("BAIMO_SHARED").expect(
+        "shared/refdata not found next to the repository; set BAIMO_SHARED to the shared folder",
+    ));
+    if shared.join("refdata").is_dir() {
+        shared.join("refdata")
+    } else {
+        shared
+    }
+}
