@@ -4,7 +4,8 @@
 
 use baimo_kernels::float::dot_ref;
 use baimo_kernels::{
-    float_matmul_nn_add, float_matmul_nn_with, float_matmul_with, matmul_nn_ref, FloatFormat, Isa,
+    float_matmul_nn_add, float_matmul_nn_with, float_matmul_nt_with, float_matmul_with,
+    matmul_nn_ref, FloatFormat, Isa,
 };
 use rand::{Rng, SeedableRng};
 
@@ -188,4 +189,36 @@ fn nn_product_adds_to_what_the_output_holds() {
         );
     }
     assert!(float_matmul_nn_add(&mut out[1..], &g, n, k, &w, cols).is_err());
+}
+
+#[test]
+fn nt_product_is_the_nn_product_with_w_transposed() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    // Partial column blocks and vectors, row tiles of every height, several 512-row panels of wᵀ (k = 1100)
+    // with a short last one, and one column block split among the threads.
+    for (n, k, rows) in [
+        (1, 1, 1),
+        (2, 3, 17),
+        (7, 33, 64),
+        (13, 100, 130),
+        (6, 1100, 50),
+        (20, 576, 200),
+        (100, 40, 20),
+    ] {
+        let x: Vec<f32> = (0..n * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let w: Vec<f32> = (0..rows * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let mut wt = vec![0f32; k * rows];
+        for r in 0..rows {
+            for c in 0..k {
+                wt[c * rows + r] = w[r * k + c];
+            }
+        }
+        let reference = matmul_nn_ref(&x, n, k, &wt, rows);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        for isa in [Isa::Avx512Vnni, Isa::Avx2, Isa::Scalar] {
+            let out = float_matmul_nt_with(isa, &x, n, k, &w, rows).unwrap();
+            assert_eq!(bits(&out), bits(&reference), "{isa:?} {n}×{k}×{rows}");
+        }
+    }
+    assert!(float_matmul_nt_with(Isa::Scalar, &[0.0; 6], 2, 3, &[0.0; 5], 2).is_err());
 }

@@ -210,11 +210,14 @@ impl candle_core::CustomOp1 for FrozenMatmul {
         if let Some(last) = shape.last_mut() {
             *last = out;
         }
-        if dims.last() == Some(&inp) {
-            if let Some(y) = kernel_matmul_t(&self.0, xs) {
-                let y = y.map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-                return Ok((candle_core::CpuStorage::F32(y), shape.into()));
-            }
+        if dims.last() == Some(&inp) && baimo_kernels::float_kernels_fast() {
+            // Training's forward: the NN kernel over panels of Wᵀ (faster than the dot-product kernel
+            // serving uses, which keeps its bits whatever the batch; training needs no such invariance).
+            let w = self.0.contiguous()?;
+            let view = F32View::of(&w, self.name())?;
+            let y = baimo_kernels::float_matmul_nt(xs, xs.len() / inp, inp, view.values(), out)
+                .map_err(kernel_err)?;
+            return Ok((candle_core::CpuStorage::F32(y), shape.into()));
         }
         let x = Tensor::from_slice(xs, layout.shape(), &Device::Cpu)?;
         let y = x.matmul(&self.0.t()?)?;
@@ -352,17 +355,100 @@ impl candle_core::CustomOp1 for Frozen {
     }
 }
 
+/// A contiguous CPU f32 tensor's values, borrowed from its storage (no copy): `G` is the storage's read guard.
+pub struct F32View<G> {
+    guard: G,
+    range: (usize, usize),
+}
+
+impl F32View<()> {
+    /// The values of `t`, which must be a contiguous f32 tensor on the CPU.
+    pub fn of<'a>(
+        t: &'a Tensor,
+        op: &str,
+    ) -> candle_core::Result<F32View<impl std::ops::Deref<Target = candle_core::Storage> + 'a>>
+    {
+        let (guard, layout) = t.storage_and_layout();
+        match (&*guard, layout.contiguous_offsets()) {
+            (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(_)), Some(range)) => {
+                Ok(F32View { guard, range })
+            }
+            _ => Err(candle_core::Error::Msg(format!(
+                "{op}: a contiguous f32 CPU tensor expected"
+            ))),
+        }
+    }
+}
+
+impl<G: std::ops::Deref<Target = candle_core::Storage>> F32View<G> {
+    pub fn values(&self) -> &[f32] {
+        match &*self.guard {
+            candle_core::Storage::Cpu(candle_core::CpuStorage::F32(d)) => {
+                &d[self.range.0..self.range.1]
+            }
+            _ => &[],
+        }
+    }
+}
+
+/// An f32 slice as its bytes, for the float kernels' `FloatFormat::F32` weights.
+fn f32_bytes(v: &[f32]) -> &[u8] {
+    // SAFETY: reading an f32 slice as its bytes (u8 has no alignment requirement).
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+}
+
+/// `m` (rows × cols, row-major) transposed.
+fn transposed(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; m.len()];
+    for (r, row) in m.chunks_exact(cols).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            t[c * rows + r] = v;
+        }
+    }
+    t
+}
+
+fn kernel_err(e: baimo_kernels::KernelError) -> candle_core::Error {
+    candle_core::Error::Msg(e.to_string())
+}
+
 /// A training projection with its LoRA update as one autograd node: `y = x Wᵀ + bias + s·(x Aᵀ) Bᵀ`, inputs
 /// `x`, `A` (r, in) and `B` (out, r), gradients for all three (W and the bias are frozen). Left to candle, the
 /// same product is seven nodes (the base, two transposes, two products, the scale, the sum), and candle's
 /// backward allocates, zeroes and adds a gradient buffer for each node's inputs, most of them
-/// (tokens × out): on a small model that bookkeeping cost more than the arithmetic.
+/// (tokens × out): on a small model that bookkeeping cost more than the arithmetic. Where our float kernels
+/// are fast ([`baimo_kernels::float_kernels_fast`]) the adapter's small products run on them too, on the
+/// tensors' storage in place and on every thread (candle's GEMM runs AVX2 code here, and the copies in and
+/// out of tensors ran on one thread).
 struct LoraLinearOp {
     base: Frozen,
     bias: Option<Vec<f32>>,
     scale: f64,
     /// `x Aᵀ` from the forward, for the backward (which runs once per forward).
-    xa: std::sync::Mutex<Option<Tensor>>,
+    xa: std::sync::Mutex<Option<Vec<f32>>>,
+}
+
+impl LoraLinearOp {
+    /// `x Aᵀ` ((rows × r)) for `x` (rows × in) and `A` (r × in).
+    fn xa(x: &[f32], a: &[f32], r: usize, inp: usize) -> candle_core::Result<Vec<f32>> {
+        if baimo_kernels::float_kernels_fast() {
+            return float_matmul(FloatFormat::F32, f32_bytes(a), r, inp, x).map_err(kernel_err);
+        }
+        let rows = x.len() / inp.max(1);
+        let x = Tensor::from_slice(x, (rows, inp), &Device::Cpu)?;
+        let a = Tensor::from_slice(a, (r, inp), &Device::Cpu)?;
+        x.matmul(&a.t()?)?.flatten_all()?.to_vec1::<f32>()
+    }
+
+    /// `g · M` for `g` (n × k) and `M` (k × cols), row-major.
+    fn nn(g: &[f32], n: usize, k: usize, m: &[f32], cols: usize) -> candle_core::Result<Vec<f32>> {
+        if baimo_kernels::float_kernels_fast() {
+            return baimo_kernels::float_matmul_nn(g, n, k, m, cols).map_err(kernel_err);
+        }
+        let g = Tensor::from_slice(g, (n, k), &Device::Cpu)?;
+        let m = Tensor::from_slice(m, (k, cols), &Device::Cpu)?;
+        g.matmul(&m)?.flatten_all()?.to_vec1::<f32>()
+    }
 }
 
 impl candle_core::CustomOp3 for LoraLinearOp {
@@ -386,16 +472,31 @@ impl candle_core::CustomOp3 for LoraLinearOp {
                 "lora-linear: f32 base product expected".into(),
             ));
         };
-        let t = |s, l: &candle_core::Layout| -> candle_core::Result<Tensor> {
-            Tensor::from_slice(contiguous_f32(s, l, self.name())?, l.shape(), &Device::Cpu)
+        let (x, a, b) = (
+            contiguous_f32(xs, xl, self.name())?,
+            contiguous_f32(as_, al, self.name())?,
+            contiguous_f32(bs, bl, self.name())?,
+        );
+        let (r, inp) = al.shape().dims2()?;
+        let (out, rb) = bl.shape().dims2()?;
+        if rb != r || xl.dims().last() != Some(&inp) {
+            return Err(candle_core::Error::Msg(format!(
+                "lora-linear: x {:?}, A {:?}, B {:?}",
+                xl.dims(),
+                al.dims(),
+                bl.dims()
+            )));
+        }
+        let xa = Self::xa(x, a, r, inp)?;
+        // (x Aᵀ) Bᵀ: B's rows are the "weight rows" of the float kernel.
+        let lora = if baimo_kernels::float_kernels_fast() {
+            float_matmul(FloatFormat::F32, f32_bytes(b), out, r, &xa).map_err(kernel_err)?
+        } else {
+            Self::nn(&xa, xa.len() / r.max(1), r, &transposed(b, out, r), out)?
         };
-        let (x, a, b) = (t(xs, xl)?, t(as_, al)?, t(bs, bl)?);
-        let xa = x.matmul(&a.t()?)?;
-        let lora = xa.matmul(&b.t()?)?.flatten_all()?.to_vec1::<f32>()?;
         if let Ok(mut slot) = self.xa.lock() {
             *slot = Some(xa);
         }
-        let out = b.dim(0)?;
         let s = self.scale as f32;
         use rayon::prelude::*;
         y.par_chunks_mut(out)
@@ -418,20 +519,51 @@ impl candle_core::CustomOp3 for LoraLinearOp {
         _y: &Tensor,
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (x, a, b, g) = (x.detach(), a.detach(), b.detach(), g.detach());
-        let s = self.scale;
-        let gb = g.matmul(&b)?; // (tokens, r): the gradient at x Aᵀ, before the scale
-        let cached = self.xa.lock().ok().and_then(|mut slot| slot.take());
-        let xa = match cached {
-            Some(xa) => xa,
-            None => x.matmul(&a.t()?)?,
+        let (x, a, b, g) = (
+            x.contiguous()?,
+            a.contiguous()?,
+            b.contiguous()?,
+            g.contiguous()?,
+        );
+        let (r, inp) = a.dims2()?;
+        let (out, _) = b.dims2()?;
+        let n = g.elem_count() / out.max(1);
+        let name = self.name();
+        let s = self.scale as f32;
+        // The views (read locks on the tensors' storage) end before `input_grad` reads `g` again.
+        let (grad_a, grad_b, lora) = {
+            let (xv, av, bv, gv) = (
+                F32View::of(&x, name)?,
+                F32View::of(&a, name)?,
+                F32View::of(&b, name)?,
+                F32View::of(&g, name)?,
+            );
+            let (xv, av, bv, gv) = (xv.values(), av.values(), bv.values(), gv.values());
+            // The gradient at x Aᵀ, before the scale: g B, (n × r).
+            let mut gb = Self::nn(gv, n, out, bv, r)?;
+            let cached = self.xa.lock().ok().and_then(|mut slot| slot.take());
+            let xa = match cached {
+                Some(xa) => xa,
+                None => Self::xa(xv, av, r, inp)?,
+            };
+            // dA = s·(g B)ᵀ x, (r × in).
+            let mut grad_a = Self::nn(&transposed(&gb, n, r), r, n, xv, inp)?;
+            grad_a.iter_mut().for_each(|v| *v *= s);
+            // dB = s·gᵀ (x Aᵀ) = s·((x Aᵀ)ᵀ g)ᵀ, (out × r).
+            let grad_bt = Self::nn(&transposed(&xa, n, r), r, n, gv, out)?;
+            let mut grad_b = transposed(&grad_bt, r, out);
+            grad_b.iter_mut().for_each(|v| *v *= s);
+            // The adapter's term of dx, s·(g B) A; the base's product is added onto it in place.
+            gb.iter_mut().for_each(|v| *v *= s);
+            (grad_a, grad_b, Self::nn(&gb, n, r, av, inp)?)
         };
-        let grad_a = (gb.t()?.matmul(&x)? * s)?;
-        let grad_b = (g.t()?.matmul(&xa)? * s)?;
-        // The adapter's term first; the base's product is added onto it in place.
-        let lora = (gb.matmul(&a)? * s)?.flatten_all()?.to_vec1::<f32>()?;
         let grad_x = input_grad(&g, &self.base.weight_f32()?, Some(lora))?;
-        Ok((Some(grad_x), Some(grad_a), Some(grad_b)))
+        let dev = &Device::Cpu;
+        Ok((
+            Some(grad_x),
+            Some(Tensor::from_vec(grad_a, (r, inp), dev)?),
+            Some(Tensor::from_vec(grad_b, (out, r), dev)?),
+        ))
     }
 }
 
@@ -900,36 +1032,43 @@ impl candle_core::CustomOp2 for RmsNormOp {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         // y = x·r·w with r = (mean(x²) + eps)^-1/2: dx = r·(g·w) - x·r³·mean((g·w)·x); dw = Σ_rows g·x·r.
         // One pass per row for dx (candle ops made eight (rows × n) temporaries, each a gradient node's
-        // worth of allocation); dw only for a weight that is itself trained (LoRA keeps norms frozen).
+        // worth of allocation); dw only for a weight that gradients reach (`track_op`: a variable or made from one; LoRA keeps
+        // norms frozen).
         use rayon::prelude::*;
         let n = w.dim(D::Minus1)?;
-        let (xv, wv, gv) = (
-            x.flatten_all()?.to_vec1::<f32>()?,
-            w.flatten_all()?.to_vec1::<f32>()?,
-            g.flatten_all()?.to_vec1::<f32>()?,
-        );
-        let eps = self.eps;
-        let mut dx = vec![0f32; xv.len()];
-        dx.par_chunks_mut(n)
-            .zip(xv.par_chunks(n).zip(gv.par_chunks(n)))
-            .with_min_len(16)
-            .for_each(|(dr, (xr, gr))| {
-                let sum: f64 = xr.iter().map(|&v| f64::from(v * v)).sum();
-                let r = 1.0 / ((sum / n as f64) as f32 + eps).sqrt();
-                let dot: f32 = xr
-                    .iter()
-                    .zip(gr)
-                    .zip(&wv)
-                    .map(|((x, g), w)| g * w * x)
-                    .sum::<f32>()
-                    / n as f32;
-                let k = r * r * r * dot;
-                for (((d, &x), &g), &w) in dr.iter_mut().zip(xr).zip(gr).zip(&wv) {
-                    *d = g * w * r - x * k;
-                }
-            });
+        let (x, w, g) = (x.contiguous()?, w.contiguous()?, g.contiguous()?);
+        let trained = w.track_op();
+        let dx = {
+            let (xv, wv, gv) = (
+                F32View::of(&x, self.name())?,
+                F32View::of(&w, self.name())?,
+                F32View::of(&g, self.name())?,
+            );
+            let (xv, wv, gv) = (xv.values(), wv.values(), gv.values());
+            let eps = self.eps;
+            let mut dx = vec![0f32; xv.len()];
+            dx.par_chunks_mut(n)
+                .zip(xv.par_chunks(n).zip(gv.par_chunks(n)))
+                .with_min_len(16)
+                .for_each(|(dr, (xr, gr))| {
+                    let sum: f64 = xr.iter().map(|&v| f64::from(v * v)).sum();
+                    let r = 1.0 / ((sum / n as f64) as f32 + eps).sqrt();
+                    let dot: f32 = xr
+                        .iter()
+                        .zip(gr)
+                        .zip(wv)
+                        .map(|((x, g), w)| g * w * x)
+                        .sum::<f32>()
+                        / n as f32;
+                    let k = r * r * r * dot;
+                    for (((d, &x), &g), &w) in dr.iter_mut().zip(xr).zip(gr).zip(wv) {
+                        *d = g * w * r - x * k;
+                    }
+                });
+            dx
+        };
         let dx = Tensor::from_vec(dx, x.shape(), x.device())?;
-        let dw = if w.is_variable() {
+        let dw = if trained {
             let r = (x.sqr()?.mean_keepdim(D::Minus1)? + f64::from(self.eps))?
                 .sqrt()?
                 .recip()?;
@@ -990,11 +1129,13 @@ impl candle_core::CustomOp2 for SwiGluOp {
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         use rayon::prelude::*;
+        let (g, u, dy) = (g.contiguous()?, u.contiguous()?, dy.contiguous()?);
         let (gv, uv, dv) = (
-            g.flatten_all()?.to_vec1::<f32>()?,
-            u.flatten_all()?.to_vec1::<f32>()?,
-            dy.flatten_all()?.to_vec1::<f32>()?,
+            F32View::of(&g, self.name())?,
+            F32View::of(&u, self.name())?,
+            F32View::of(&dy, self.name())?,
         );
+        let (gv, uv, dv) = (gv.values(), uv.values(), dv.values());
         let mut dg = vec![0f32; gv.len()];
         let mut du = vec![0f32; gv.len()];
         dg.par_chunks_mut(4096)

@@ -11,7 +11,7 @@
 use candle_core::{CpuStorage, CustomOp3, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::layers::{contiguous_f32, softmax_row};
+use crate::layers::{contiguous_f32, softmax_row, F32View};
 use crate::RopeStyle;
 
 /// Inputs: q (tokens, heads·hd), k and v (tokens, kv_heads·hd), the projections' outputs; output (tokens,
@@ -167,10 +167,6 @@ fn axpy(acc: &mut [f32], w: f32, x: &[f32]) {
     acc.iter_mut().zip(x).for_each(|(a, v)| *a += w * v);
 }
 
-fn tensor_values(t: &Tensor) -> candle_core::Result<Vec<f32>> {
-    t.flatten_all()?.to_vec1::<f32>()
-}
-
 impl CustomOp3 for TrainAttention {
     fn name(&self) -> &'static str {
         "train-attention"
@@ -242,11 +238,18 @@ impl CustomOp3 for TrainAttention {
         grad_y: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (q, k, v, gy) = (
-            tensor_values(q)?,
-            tensor_values(k)?,
-            tensor_values(v)?,
-            tensor_values(grad_y)?,
+            q.contiguous()?,
+            k.contiguous()?,
+            v.contiguous()?,
+            grad_y.contiguous()?,
         );
+        let (q, k, v, gy) = (
+            F32View::of(&q, self.name())?,
+            F32View::of(&k, self.name())?,
+            F32View::of(&v, self.name())?,
+            F32View::of(&gy, self.name())?,
+        );
+        let (q, k, v, gy) = (q.values(), k.values(), v.values(), gy.values());
         let (hd, nh, nkv) = (self.head_dim, self.n_heads, self.n_kv_heads);
         let scale = self.scale();
         let tasks = self.tasks();
@@ -255,24 +258,24 @@ impl CustomOp3 for TrainAttention {
             .par_iter()
             .map(|task| {
                 let n = task.len;
-                let kr = self.rotated(&k, nkv, task, task.kv_head);
+                let kr = self.rotated(k, nkv, task, task.kv_head);
                 let mut dq = vec![0f32; self.group() * n * hd];
                 let mut dkr = vec![0f32; n * hd];
                 let mut dv = vec![0f32; n * hd];
                 let mut dqr = vec![0f32; hd];
                 for (j, dqh) in dq.chunks_exact_mut(n * hd).enumerate() {
                     let head = task.kv_head * self.group() + j;
-                    let qr = self.rotated(&q, nh, task, head);
+                    let qr = self.rotated(q, nh, task, head);
                     let p = self.probs(&qr, &kr, n);
                     let mut ds = vec![0f32; n];
                     for i in 0..n {
                         let t = task.start + i;
-                        let go = self.head_row(&gy, nh, t, head);
+                        let go = self.head_row(gy, nh, t, head);
                         let pi = &p[i * n..i * n + i + 1];
                         // dP[i][j] = dO[i]·V[j]; dS = P ⊙ (dP − Σ_j P dP).
                         let mut d = 0f32;
                         for (key, (s, &w)) in ds.iter_mut().zip(pi).enumerate() {
-                            *s = dot(go, self.head_row(&v, nkv, task.start + key, task.kv_head));
+                            *s = dot(go, self.head_row(v, nkv, task.start + key, task.kv_head));
                             d += w * *s;
                         }
                         dqr.fill(0.0);

@@ -8,6 +8,7 @@
 
 pub mod data;
 pub mod error;
+pub mod loss;
 pub mod params;
 pub mod run;
 pub mod trainer;

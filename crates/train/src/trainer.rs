@@ -4,6 +4,7 @@
 //! ignored, and the mean is over every trained token of the optimizer step (so gradient accumulation and
 //! batching do not change what a token weighs).
 
+use baimo_models::layers::F32View;
 use baimo_models::Transformer;
 use candle_core::backprop::GradStore;
 use candle_core::Var;
@@ -39,9 +40,7 @@ pub fn packed_loss(model: &Transformer, pack: &[&Example]) -> Result<(Tensor, us
     }
     let seqs: Vec<&[u32]> = pack.iter().map(|e| e.tokens.as_slice()).collect();
     let sel = model.forward_train_packed(&seqs, &rows)?;
-    let targets = Tensor::new(targets.as_slice(), &Device::Cpu)?;
-    let mean = candle_nn::loss::cross_entropy(&sel, &targets)?;
-    Ok(((mean * n as f64)?, n))
+    Ok((crate::loss::cross_entropy_sum(&sel, &targets)?, n))
 }
 
 /// Groups `examples` in order into packs of at most `pack_tokens` tokens (a longer example alone; 0 packs
@@ -191,29 +190,75 @@ impl AdamW {
     }
 
     /// One step, PyTorch's AdamW (decoupled weight decay, bias-corrected moments), with candle_nn's operations
-    /// in candle_nn's order.
+    /// in candle_nn's order and rounding (f32, the constants rounded to f32), fused into one parallel pass
+    /// per parameter; each gradient is first multiplied by `clip` when given (gradient-norm clipping).
     fn step(
         &mut self,
         vars: &[Var],
         grads: &GradStore,
         lr: f64,
+        clip: Option<f64>,
         cfg: &TrainerConfig,
     ) -> Result<()> {
+        use rayon::prelude::*;
         self.step_t += 1;
         let (beta1, beta2) = (cfg.beta1, cfg.beta2);
-        let scale_m = 1f64 / (1f64 - beta1.powi(self.step_t as i32));
-        let scale_v = 1f64 / (1f64 - beta2.powi(self.step_t as i32));
+        let scale_m = (1f64 / (1f64 - beta1.powi(self.step_t as i32))) as f32;
+        let scale_v = (1f64 / (1f64 - beta2.powi(self.step_t as i32))) as f32;
+        let (b1, c1) = (beta1 as f32, (1.0 - beta1) as f32);
+        let (b2, c2) = (beta2 as f32, (1.0 - beta2) as f32);
+        let decay = (1f64 - lr * cfg.weight_decay) as f32;
+        let (lr32, eps) = (lr as f32, cfg.eps as f32);
+        let clip = clip.map(|c| c as f32);
         for (theta, (m, v)) in vars.iter().zip(self.moments.iter_mut()) {
             let Some(g) = grads.get(theta) else { continue };
-            let next_m = ((&*m * beta1)? + (g * (1.0 - beta1))?)?;
-            let next_v = ((&*v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
-            let m_hat = (&next_m * scale_m)?;
-            let v_hat = (&next_v * scale_v)?;
-            let next_theta = (theta.as_tensor() * (1f64 - lr * cfg.weight_decay))?;
-            let adjusted = (m_hat / (v_hat.sqrt()? + cfg.eps)?)?;
-            theta.set(&(next_theta - (adjusted * lr)?)?)?;
-            *m = next_m;
-            *v = next_v;
+            let n = theta.elem_count();
+            let (mut nt, mut nm, mut nv) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+            {
+                let (t, g, m, v) = (
+                    theta.as_tensor().contiguous()?,
+                    g.contiguous()?,
+                    m.contiguous()?,
+                    v.contiguous()?,
+                );
+                let (tv, gv, mv, vv) = (
+                    F32View::of(&t, "adamw")?,
+                    F32View::of(&g, "adamw")?,
+                    F32View::of(&m, "adamw")?,
+                    F32View::of(&v, "adamw")?,
+                );
+                let (tv, gv, mv, vv) = (tv.values(), gv.values(), mv.values(), vv.values());
+                if gv.len() != n || mv.len() != n || vv.len() != n {
+                    return Err(TrainError::Config(
+                        "AdamW: a gradient or moment of the wrong size".into(),
+                    ));
+                }
+                const CHUNK: usize = 4096;
+                nt.par_chunks_mut(CHUNK)
+                    .zip(nm.par_chunks_mut(CHUNK))
+                    .zip(nv.par_chunks_mut(CHUNK))
+                    .enumerate()
+                    .for_each(|(c, ((nt, nm), nv))| {
+                        let o = c * CHUNK;
+                        for i in 0..nt.len() {
+                            let g = match clip {
+                                Some(k) => gv[o + i] * k,
+                                None => gv[o + i],
+                            };
+                            let m = mv[o + i] * b1 + g * c1;
+                            let v = vv[o + i] * b2 + (g * g) * c2;
+                            let adjusted = (m * scale_m) / ((v * scale_v).sqrt() + eps);
+                            nt[i] = tv[o + i] * decay - adjusted * lr32;
+                            nm[i] = m;
+                            nv[i] = v;
+                        }
+                    });
+            }
+            let shape = theta.as_tensor().shape().clone();
+            let dev = theta.as_tensor().device().clone();
+            theta.set(&Tensor::from_vec(nt, shape.clone(), &dev)?)?;
+            *m = Tensor::from_vec(nm, shape.clone(), &dev)?;
+            *v = Tensor::from_vec(nv, shape, &dev)?;
         }
         Ok(())
     }
@@ -363,27 +408,29 @@ impl Trainer {
 
     /// One optimizer step over `examples` (all the sequences of the step: batch × accumulation).
     pub fn step(&mut self, model: &Transformer, examples: &[&Example]) -> Result<StepStats> {
-        let (loss, mut grads, tokens) =
+        let (loss, grads, tokens) =
             batch_loss_and_grads(model, &self.params, examples, self.cfg.pack_tokens)?;
         let vars = self.params.vars();
         let mut sq = 0f64;
         for v in &vars {
             if let Some(g) = grads.get(v.as_tensor()) {
-                sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+                use rayon::prelude::*;
+                let g = g.contiguous()?;
+                let view = F32View::of(&g, "gradient norm")?;
+                sq += view
+                    .values()
+                    .par_chunks(4096)
+                    .map(|c| c.iter().map(|&x| f64::from(x * x)).sum::<f64>())
+                    .sum::<f64>();
             }
         }
         let grad_norm = sq.sqrt();
-        if let Some(max) = self.cfg.max_grad_norm {
-            // torch.nn.utils.clip_grad_norm_: scale by max / (norm + 1e-6) when that is below 1.
-            let coef = max / (grad_norm + 1e-6);
-            if coef < 1.0 {
-                for v in &vars {
-                    if let Some(g) = grads.remove(v.as_tensor()) {
-                        grads.insert(v.as_tensor(), (g * coef)?);
-                    }
-                }
-            }
-        }
+        // torch.nn.utils.clip_grad_norm_: scale by max / (norm + 1e-6) when that is below 1.
+        let clip = self
+            .cfg
+            .max_grad_norm
+            .map(|max| max / (grad_norm + 1e-6))
+            .filter(|&coef| coef < 1.0);
         let lr = cosine_lr(
             self.step,
             self.cfg.warmup_steps,
@@ -391,7 +438,7 @@ impl Trainer {
             self.cfg.lr,
         );
         if tokens > 0 {
-            self.opt.step(&vars, &grads, lr, &self.cfg)?;
+            self.opt.step(&vars, &grads, lr, clip, &self.cfg)?;
         }
         self.step += 1;
         Ok(StepStats {
