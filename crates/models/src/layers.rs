@@ -429,7 +429,7 @@ struct LoraLinearOp {
 }
 
 impl LoraLinearOp {
-    /// `x Aᵀ` ((rows × r)) for `x` (rows × in) and `A` (r × in).
+    /// `x Aᵀ` ((rows × r)) for `x` (rows × in) and `A` (r × in) (the dot-product kernel: r outputs a row).
     fn xa(x: &[f32], a: &[f32], r: usize, inp: usize) -> candle_core::Result<Vec<f32>> {
         if baimo_kernels::float_kernels_fast() {
             return float_matmul(FloatFormat::F32, f32_bytes(a), r, inp, x).map_err(kernel_err);
@@ -488,26 +488,25 @@ impl candle_core::CustomOp3 for LoraLinearOp {
             )));
         }
         let xa = Self::xa(x, a, r, inp)?;
-        // (x Aᵀ) Bᵀ: B's rows are the "weight rows" of the float kernel.
-        let lora = if baimo_kernels::float_kernels_fast() {
-            float_matmul(FloatFormat::F32, f32_bytes(b), out, r, &xa).map_err(kernel_err)?
+        let n = xa.len() / r.max(1);
+        // + (s·x Aᵀ) Bᵀ, added onto the base product in place (k = r: a short sum per output).
+        let xas: Vec<f32> = xa.iter().map(|v| v * self.scale as f32).collect();
+        let bt = transposed(b, out, r);
+        if baimo_kernels::float_kernels_fast() {
+            baimo_kernels::float_matmul_nn_add(&mut y, &xas, n, r, &bt, out).map_err(kernel_err)?;
         } else {
-            Self::nn(&xa, xa.len() / r.max(1), r, &transposed(b, out, r), out)?
-        };
+            let lora = Self::nn(&xas, n, r, &bt, out)?;
+            y.iter_mut().zip(&lora).for_each(|(v, l)| *v += l);
+        }
         if let Ok(mut slot) = self.xa.lock() {
             *slot = Some(xa);
         }
-        let s = self.scale as f32;
-        use rayon::prelude::*;
-        y.par_chunks_mut(out)
-            .zip(lora.par_chunks(out))
-            .with_min_len(16)
-            .for_each(|(row, lrow)| {
-                if let Some(bias) = &self.bias {
-                    row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
-                }
-                row.iter_mut().zip(lrow).for_each(|(v, l)| *v += l * s);
-            });
+        if let Some(bias) = &self.bias {
+            use rayon::prelude::*;
+            y.par_chunks_mut(out)
+                .with_min_len(16)
+                .for_each(|row| row.iter_mut().zip(bias).for_each(|(v, b)| *v += b));
+        }
         Ok((candle_core::CpuStorage::F32(y), shape))
     }
 
@@ -539,8 +538,9 @@ impl candle_core::CustomOp3 for LoraLinearOp {
                 F32View::of(&g, name)?,
             );
             let (xv, av, bv, gv) = (xv.values(), av.values(), bv.values(), gv.values());
-            // The gradient at x Aᵀ, before the scale: g B, (n × r).
-            let mut gb = Self::nn(gv, n, out, bv, r)?;
+            // The gradient at x Aᵀ, before the scale: g B, (n × r), as x Aᵀ is made (Bᵀ's r rows as the
+            // "weight rows": an output of r columns is a poor fit for the NN kernel's 64-column tiles).
+            let mut gb = Self::xa(gv, &transposed(bv, out, r), r, out)?;
             let cached = self.xa.lock().ok().and_then(|mut slot| slot.take());
             let xa = match cached {
                 Some(xa) => xa,

@@ -141,6 +141,99 @@ impl TrainAttention {
     fn group(&self) -> usize {
         self.n_heads / self.n_kv_heads
     }
+
+    /// Head `head`'s rows (len × hd) of `m` for the task's tokens, contiguous.
+    fn head_rows(&self, m: &[f32], heads: usize, task: &Task, head: usize) -> Vec<f32> {
+        (task.start..task.start + task.len)
+            .flat_map(|t| self.head_row(m, heads, t, head).iter().copied())
+            .collect()
+    }
+
+    /// [`TrainAttention::probs`] with the scores `Q Kᵀ` from the float kernel (all len × len of them; the
+    /// masked half is overwritten with zeros).
+    fn probs_by_kernel(&self, qr: &[f32], kr: &[f32], len: usize) -> candle_core::Result<Vec<f32>> {
+        let hd = self.head_dim;
+        let scale = self.scale();
+        let mut p = nt(qr, len, hd, kr, len)?;
+        for (i, row) in p.chunks_exact_mut(len).enumerate() {
+            let (seen, masked) = row.split_at_mut(i + 1);
+            seen.iter_mut().for_each(|s| *s *= scale);
+            softmax_row(seen);
+            masked.fill(0.0);
+        }
+        Ok(p)
+    }
+
+    /// One task's gradients (at its group's q rows, at its kv head's k and v rows) with the products on
+    /// the float kernels: dP = dO Vᵀ, dS = P ⊙ (dP − Σ_j P dP)·scale, dQ = dS K, dK = Σ_heads dSᵀ Q,
+    /// dV = Σ_heads Pᵀ dO (then the rotations undone).
+    fn task_bwd_by_kernels(
+        &self,
+        task: &Task,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        gy: &[f32],
+    ) -> candle_core::Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        let (hd, nh, nkv, n) = (self.head_dim, self.n_heads, self.n_kv_heads, task.len);
+        let scale = self.scale();
+        let kr = self.rotated(k, nkv, task, task.kv_head);
+        let vh = self.head_rows(v, nkv, task, task.kv_head);
+        let mut dq = vec![0f32; self.group() * n * hd];
+        let mut dkr = vec![0f32; n * hd];
+        let mut dv = vec![0f32; n * hd];
+        for (j, dqh) in dq.chunks_exact_mut(n * hd).enumerate() {
+            let head = task.kv_head * self.group() + j;
+            let qr = self.rotated(q, nh, task, head);
+            let p = self.probs_by_kernel(&qr, &kr, n)?;
+            let go = self.head_rows(gy, nh, task, head);
+            let mut ds = nt(&go, n, hd, &vh, n)?;
+            for (i, (dsr, pr)) in ds.chunks_exact_mut(n).zip(p.chunks_exact(n)).enumerate() {
+                let d: f32 = dsr[..=i].iter().zip(&pr[..=i]).map(|(s, w)| w * s).sum();
+                for (s, &w) in dsr.iter_mut().zip(pr) {
+                    *s = w * (*s - d) * scale;
+                }
+            }
+            let dqr = nn(&ds, n, n, &kr, hd)?;
+            for (i, row) in dqh.chunks_exact_mut(hd).enumerate() {
+                self.rope_back(&dqr[i * hd..(i + 1) * hd], task.start + i, row);
+            }
+            let nn_add = |out: &mut [f32], g: &[f32], w: &[f32]| {
+                baimo_kernels::float_matmul_nn_add(out, g, n, n, w, hd)
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))
+            };
+            nn_add(&mut dkr, &transposed(&ds, n), &qr)?;
+            nn_add(&mut dv, &transposed(&p, n), &go)?;
+        }
+        let mut dk = vec![0f32; n * hd];
+        for (i, row) in dk.chunks_exact_mut(hd).enumerate() {
+            self.rope_back(&dkr[i * hd..(i + 1) * hd], task.start + i, row);
+        }
+        Ok((dq, dk, dv))
+    }
+}
+
+/// `a · b` for `a` (n × k) and `b` (k × cols).
+fn nn(a: &[f32], n: usize, k: usize, b: &[f32], cols: usize) -> candle_core::Result<Vec<f32>> {
+    baimo_kernels::float_matmul_nn(a, n, k, b, cols)
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))
+}
+
+/// `a · bᵀ` for `a` (n × k) and `b` (rows × k).
+fn nt(a: &[f32], n: usize, k: usize, b: &[f32], rows: usize) -> candle_core::Result<Vec<f32>> {
+    baimo_kernels::float_matmul_nt(a, n, k, b, rows)
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))
+}
+
+/// A square matrix (n × n) transposed.
+fn transposed(m: &[f32], n: usize) -> Vec<f32> {
+    let mut t = vec![0f32; n * n];
+    for (i, row) in m.chunks_exact(n).enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            t[j * n + i] = v;
+        }
+    }
+    t
 }
 
 /// A dot product in sixteen lane sums (which the compiler turns into vector code; a plain sequential sum
@@ -194,14 +287,22 @@ impl CustomOp3 for TrainAttention {
             ));
         }
         let tasks = self.tasks();
+        let fast = baimo_kernels::float_kernels_fast();
         let parts: Vec<Vec<f32>> = tasks
             .par_iter()
             .map(|task| {
                 let kr = self.rotated(k, nkv, task, task.kv_head);
+                let vh = fast.then(|| self.head_rows(v, nkv, task, task.kv_head));
                 let mut out = vec![0f32; self.group() * task.len * hd];
                 for (j, oh) in out.chunks_exact_mut(task.len * hd).enumerate() {
                     let head = task.kv_head * self.group() + j;
                     let qr = self.rotated(q, nh, task, head);
+                    if let Some(vh) = &vh {
+                        // O = P V on the float kernels.
+                        let p = self.probs_by_kernel(&qr, &kr, task.len)?;
+                        oh.copy_from_slice(&nn(&p, task.len, task.len, vh, hd)?);
+                        continue;
+                    }
                     let p = self.probs(&qr, &kr, task.len);
                     for (i, orow) in oh.chunks_exact_mut(hd).enumerate() {
                         for (key, &w) in p[i * task.len..i * task.len + i + 1].iter().enumerate() {
@@ -213,9 +314,9 @@ impl CustomOp3 for TrainAttention {
                         }
                     }
                 }
-                out
+                Ok(out)
             })
-            .collect();
+            .collect::<candle_core::Result<_>>()?;
         let mut y = vec![0f32; tokens * nh * hd];
         for (task, out) in tasks.iter().zip(&parts) {
             for (j, oh) in out.chunks_exact(task.len * hd).enumerate() {
@@ -257,6 +358,9 @@ impl CustomOp3 for TrainAttention {
         let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = tasks
             .par_iter()
             .map(|task| {
+                if baimo_kernels::float_kernels_fast() {
+                    return self.task_bwd_by_kernels(task, q, k, v, gy);
+                }
                 let n = task.len;
                 let kr = self.rotated(k, nkv, task, task.kv_head);
                 let mut dq = vec![0f32; self.group() * n * hd];
@@ -293,9 +397,9 @@ impl CustomOp3 for TrainAttention {
                 for (i, row) in dk.chunks_exact_mut(hd).enumerate() {
                     self.rope_back(&dkr[i * hd..(i + 1) * hd], task.start + i, row);
                 }
-                (dq, dk, dv)
+                Ok((dq, dk, dv))
             })
-            .collect();
+            .collect::<candle_core::Result<_>>()?;
         let tokens: usize = self.lens.iter().sum();
         let mut gq = vec![0f32; tokens * nh * hd];
         let mut gk = vec![0f32; tokens * nkv * hd];

@@ -151,7 +151,8 @@ pub enum Progress {
 /// Mean loss over `examples` (no gradients kept).
 pub fn eval_loss(model: &Transformer, examples: &[Example], pack_tokens: usize) -> Result<f64> {
     let refs: Vec<&Example> = examples.iter().collect();
-    let (loss, n) = batch_loss(model, &refs, pack_tokens)?;
+    // On the pool, as a training step runs ([`Trainer::step`]).
+    let (loss, n) = rayon::scope(|_| batch_loss(model, &refs, pack_tokens))?;
     Ok(if n == 0 { f64::NAN } else { loss })
 }
 

@@ -407,7 +407,15 @@ impl Trainer {
     }
 
     /// One optimizer step over `examples` (all the sequences of the step: batch × accumulation).
+    ///
+    /// The step runs on a thread of the rayon pool: it makes a few thousand parallel calls (every product,
+    /// norm and attention of the forward and backward passes, each parameter's update), and made from a
+    /// thread outside the pool each one would hand its work over and put the caller to sleep until done.
     pub fn step(&mut self, model: &Transformer, examples: &[&Example]) -> Result<StepStats> {
+        rayon::scope(|_| self.step_on_pool(model, examples))
+    }
+
+    fn step_on_pool(&mut self, model: &Transformer, examples: &[&Example]) -> Result<StepStats> {
         let (loss, grads, tokens) =
             batch_loss_and_grads(model, &self.params, examples, self.cfg.pack_tokens)?;
         let vars = self.params.vars();
