@@ -303,7 +303,7 @@ pub fn float_matmul_nt_with(
     #[cfg(target_arch = "x86_64")]
     if simd_for(isa) == Simd::Avx512 {
         let dst = SendPtr(out.as_mut_ptr());
-        nn_tasks(n, rows).into_par_iter().for_each(|(b, rows_t)| {
+        in_tasks(n, k, rows, |(b, rows_t)| {
             // SAFETY: AVX-512 F was detected; the shapes were checked; each task writes its own rows of its
             // own column block only.
             unsafe { avx512::nt_block(x, rows_t, k, w, rows, b * avx512::NN_COLS, dst) }
@@ -323,12 +323,29 @@ pub fn float_matmul_nt_with(
     Ok(out)
 }
 
-/// The NN products' tasks: (column block, activation rows), column blocks of [`avx512::NN_COLS`], and row
-/// blocks too when there are too few column blocks to balance the threads.
+/// Products of fewer multiply-adds than this run on the calling thread (a training step's attention makes
+/// thousands of len × len × head products, each a few microseconds of work: splitting them among the
+/// threads cost more than it saved, and the caller runs many of them in parallel already).
+const SERIAL_FMAS: usize = 1 << 19;
+
+/// Runs `f` on each of the NN products' tasks ([`nn_tasks`]) for an `n` × `k` by `k` × `cols` product: in
+/// parallel, or one after the other on this thread for a small product.
 #[cfg(target_arch = "x86_64")]
-fn nn_tasks(n: usize, cols: usize) -> Vec<(usize, (usize, usize))> {
+fn in_tasks(n: usize, k: usize, cols: usize, f: impl Fn((usize, (usize, usize))) + Sync + Send) {
+    if n * k * cols < SERIAL_FMAS {
+        nn_tasks(n, cols, 1).into_iter().for_each(f);
+    } else {
+        let threads = rayon::current_num_threads().max(1);
+        nn_tasks(n, cols, threads).into_par_iter().for_each(f);
+    }
+}
+
+/// The NN products' tasks: (column block, activation rows), column blocks of [`avx512::NN_COLS`], and row
+/// blocks too when there are too few column blocks to balance `threads` threads.
+#[cfg(target_arch = "x86_64")]
+fn nn_tasks(n: usize, cols: usize, threads: usize) -> Vec<(usize, (usize, usize))> {
     let blocks = cols.div_ceil(avx512::NN_COLS);
-    let want = 4 * rayon::current_num_threads().max(1);
+    let want = if threads > 1 { 4 * threads } else { 1 };
     let row_blocks = want.div_ceil(blocks).clamp(1, n.div_ceil(avx512::TT));
     let rows_per = n.div_ceil(row_blocks).next_multiple_of(avx512::TT);
     (0..blocks)
@@ -357,7 +374,7 @@ fn nn_into(isa: Isa, out: &mut [f32], g: &[f32], n: usize, k: usize, w: &[f32], 
     #[cfg(target_arch = "x86_64")]
     if simd_for(isa) == Simd::Avx512 {
         let dst = SendPtr(out.as_mut_ptr());
-        nn_tasks(n, cols).into_par_iter().for_each(|(b, rows)| {
+        in_tasks(n, k, cols, |(b, rows)| {
             // SAFETY: AVX-512 F was detected; the shapes were checked by the callers; each task writes
             // its own rows of its own column block only.
             unsafe { avx512::nn_block(g, rows, k, w, cols, b * avx512::NN_COLS, dst) }

@@ -351,7 +351,9 @@ impl Mlp {
             pass,
         )?;
         if matches!(pass, Pass::Train) && g.dtype() == candle_core::DType::F32 {
-            let h = g.contiguous()?.apply_op2(&u.contiguous()?, SwiGluOp)?;
+            let h = g
+                .contiguous()?
+                .apply_op2(&u.contiguous()?, SwiGluOp::default())?;
             return project(&self.down_proj, &h, layer, slot::DOWN, pass);
         }
         // The gate's pre-activation is freed before the product is made: one fewer (tokens × intermediate)
