@@ -19,6 +19,8 @@ fn main() {
         bwd_s += b * count as f64;
         flop += (2 * m * out * inp * count) as f64;
     }
+    // The output head over the trained positions only (about 80 of a step's 210 tokens).
+    shape(m * 80 / 210, 49152, 576);
     println!(
         "one layer: forward {:.1} GFLOP/s (dot kernel), {:.1} GFLOP/s (NN kernel, wᵀ packed), input gradient {:.1} GFLOP/s",
         flop / fwd_s / 1e9,

@@ -248,6 +248,13 @@ pub fn float_matmul_nn_with(
     cols: usize,
 ) -> Result<Vec<f32>, KernelError> {
     check_nn(&[(g.len(), n, k), (w.len(), k, cols)])?;
+    #[cfg(target_arch = "x86_64")]
+    if simd_for(isa) == Simd::Avx512 && n > 0 && cols > 0 {
+        // SAFETY: AVX-512 F was detected; the shapes were checked; a fresh product writes every output.
+        return Ok(filled(n * cols, |dst| unsafe {
+            nn_avx512(dst, true, g, n, k, w, cols)
+        }));
+    }
     let mut out = vec![0f32; n * cols];
     nn_into(isa, &mut out, g, n, k, w, cols);
     Ok(out)
@@ -302,13 +309,14 @@ pub fn float_matmul_nt_with(
     }
     #[cfg(target_arch = "x86_64")]
     if simd_for(isa) == Simd::Avx512 {
-        let dst = SendPtr(out.as_mut_ptr());
-        in_tasks(n, k, rows, |(b, rows_t)| {
-            // SAFETY: AVX-512 F was detected; the shapes were checked; each task writes its own rows of its
-            // own column block only.
-            unsafe { avx512::nt_block(x, rows_t, k, w, rows, b * avx512::NN_COLS, dst) }
-        });
-        return Ok(out);
+        drop(out);
+        return Ok(filled(n * rows, |dst| {
+            in_tasks(n, k, rows, |(b, rows_t)| {
+                // SAFETY: AVX-512 F was detected; the shapes were checked; each task writes every output
+                // of its own rows of its own column block, and only those.
+                unsafe { avx512::nt_block(x, rows_t, k, w, rows, b * avx512::NN_COLS, dst) }
+            })
+        }));
     }
     let _ = isa;
     out.par_chunks_mut(rows).enumerate().for_each(|(t, row)| {
@@ -373,18 +381,48 @@ fn nn_into(isa: Isa, out: &mut [f32], g: &[f32], n: usize, k: usize, w: &[f32], 
     }
     #[cfg(target_arch = "x86_64")]
     if simd_for(isa) == Simd::Avx512 {
-        let dst = SendPtr(out.as_mut_ptr());
-        in_tasks(n, k, cols, |(b, rows)| {
-            // SAFETY: AVX-512 F was detected; the shapes were checked by the callers; each task writes
-            // its own rows of its own column block only.
-            unsafe { avx512::nn_block(g, rows, k, w, cols, b * avx512::NN_COLS, dst) }
-        });
+        // SAFETY: AVX-512 F was detected; the shapes were checked by the callers.
+        unsafe { nn_avx512(SendPtr(out.as_mut_ptr()), false, g, n, k, w, cols) };
         return;
     }
     let _ = isa;
     out.par_chunks_mut(cols).enumerate().for_each(|(t, row)| {
         matmul_nn_ref_row(&g[t * k..(t + 1) * k], w, cols, row);
     });
+}
+
+/// `out = g · w` (`fresh`: whatever `out` held is never read) or `out += g · w` on the AVX-512 kernel.
+///
+/// # Safety
+/// AVX-512 F present; `g` holds `n` × `k` values, `w` `k` × `cols`, `out` points at `n` × `cols` values
+/// (initialised unless `fresh`) that nothing else touches meanwhile.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn nn_avx512(
+    out: SendPtr,
+    fresh: bool,
+    g: &[f32],
+    n: usize,
+    k: usize,
+    w: &[f32],
+    cols: usize,
+) {
+    in_tasks(n, k, cols, |(b, rows)| {
+        // SAFETY: as the caller promised; each task writes every output of its own rows of its own column
+        // block, and only those.
+        unsafe { avx512::nn_block(g, rows, k, w, cols, b * avx512::NN_COLS, out, fresh) }
+    });
+}
+
+/// A vector of `len` values, every one of which `fill` writes through the pointer (and reads none before).
+fn filled(len: usize, fill: impl FnOnce(SendPtr)) -> Vec<f32> {
+    let mut v: Vec<std::mem::MaybeUninit<f32>> = Vec::with_capacity(len);
+    // SAFETY: MaybeUninit values need no initialisation.
+    unsafe { v.set_len(len) };
+    fill(SendPtr(v.as_mut_ptr() as *mut f32));
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: `fill` wrote every value; MaybeUninit<f32> has f32's layout; the buffer is moved, not copied.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr() as *mut f32, v.len(), v.capacity()) }
 }
 
 /// One output row of the reference: `row[c] = Σ_r g[r]·w[r][c]`, r ascending, one fused multiply-add each.
@@ -660,12 +698,13 @@ mod avx512 {
     const NN_KC: usize = 512;
 
     /// Rows `t_start..t_end`, columns `c0..c0 + 64` (fewer at the right edge) of `g · w` added to `out`
-    /// (`n` × `cols`, row-major).
+    /// (`n` × `cols`, row-major), or, when `fresh`, written there (what it held is never read).
     ///
     /// # Safety
-    /// AVX-512 F present; `g` holds `n` × `k` values, `w` `k` × `cols`; `out` points at `n` × `cols` values of
-    /// which no other thread writes these columns.
+    /// AVX-512 F present; `g` holds `n` × `k` values, `w` `k` × `cols`; `out` points at `n` × `cols` values
+    /// (initialised unless `fresh`) of which no other thread writes these columns.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn nn_block(
         g: &[f32],
         (t_start, t_end): (usize, usize),
@@ -674,6 +713,7 @@ mod avx512 {
         cols: usize,
         c0: usize,
         out: crate::matmul::SendPtr,
+        fresh: bool,
     ) {
         let width = NN_COLS.min(cols - c0);
         let masks: [__mmask16; 4] = std::array::from_fn(|j| {
@@ -688,7 +728,15 @@ mod avx512 {
                 let nt = TT.min(t_end - t);
                 macro_rules! run {
                     ($nt:literal) => {
-                        nn_tile::<$nt>(g, k, (w, cols, c0, 0), (r0, r1), t, masks, (out, cols, c0))
+                        nn_tile::<$nt>(
+                            g,
+                            k,
+                            (w, cols, c0, 0),
+                            (r0, r1),
+                            t,
+                            masks,
+                            (out, cols, c0, fresh && r0 == 0),
+                        )
                     };
                 }
                 match nt {
@@ -706,12 +754,13 @@ mod avx512 {
     }
 
     /// Rows `t_start..t_end`, columns `c0..c0 + 64` (fewer at the right edge) of `x · wᵀ` for `w` (`rows` ×
-    /// `k`), into `out` (`n` × `rows`, row-major, zeros): [`nn_block`] over panels of `wᵀ` (rows `r0..r1` of
+    /// `k`), into `out` (`n` × `rows`, row-major; what it held is
+    /// never read): [`nn_block`] over panels of `wᵀ` (rows `r0..r1` of
     /// it, 64 values each) transposed into a buffer once per panel.
     ///
     /// # Safety
-    /// AVX-512 F present; `x` holds `n` × `k` values, `w` `rows` × `k`; `out` points at `n` × `rows` zeros of
-    /// which no other thread writes these columns.
+    /// AVX-512 F present; `x` holds `n` × `k` values, `w` `rows` × `k`; `out` points at `n` × `rows` values (initialised
+    /// or not) of which no other thread writes these columns.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub unsafe fn nt_block(
         x: &[f32],
@@ -727,7 +776,44 @@ mod avx512 {
             let lanes = width.saturating_sub(16 * j).min(16);
             ((1u32 << lanes) - 1) as __mmask16
         });
-        let mut panel = vec![0f32; NN_KC.min(k) * NN_COLS];
+        // Never read outside the rows and columns each pass writes (the loads are masked), so one buffer per
+        // thread serves every call without zeroing.
+        thread_local! {
+            static PANEL: std::cell::RefCell<Vec<f32>> =
+                std::cell::RefCell::new(vec![0f32; NN_KC * NN_COLS]);
+        }
+        PANEL.with(|p| {
+            let mut panel = p.borrow_mut();
+            nt_panels(
+                x,
+                (t_start, t_end),
+                k,
+                w,
+                rows,
+                c0,
+                out,
+                width,
+                masks,
+                &mut panel,
+            )
+        })
+    }
+
+    /// [`nt_block`]'s passes with `panel` (room for [`NN_KC`] × [`NN_COLS`] values) as the buffer.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn nt_panels(
+        x: &[f32],
+        (t_start, t_end): (usize, usize),
+        k: usize,
+        w: &[f32],
+        rows: usize,
+        c0: usize,
+        out: crate::matmul::SendPtr,
+        width: usize,
+        masks: [__mmask16; 4],
+        panel: &mut [f32],
+    ) {
         let mut r0 = 0;
         while r0 < k {
             let r1 = (r0 + NN_KC).min(k);
@@ -749,7 +835,7 @@ mod avx512 {
                             (r0, r1),
                             t,
                             masks,
-                            (out, rows, c0),
+                            (out, rows, c0, r0 == 0),
                         )
                     };
                 }
@@ -780,11 +866,17 @@ mod avx512 {
         (r0, r1): (usize, usize),
         t: usize,
         masks: [__mmask16; 4],
-        (out, ocols, oc0): (crate::matmul::SendPtr, usize, usize),
+        (out, ocols, oc0, fresh): (crate::matmul::SendPtr, usize, usize, bool),
     ) {
         let op = |i: usize, j: usize| out.0.add((t + i) * ocols + oc0 + 16 * j);
         let mut acc: [[__m512; 4]; NT] = std::array::from_fn(|i| {
-            std::array::from_fn(|j| _mm512_maskz_loadu_ps(masks[j], op(i, j)))
+            std::array::from_fn(|j| {
+                if fresh {
+                    _mm512_setzero_ps()
+                } else {
+                    _mm512_maskz_loadu_ps(masks[j], op(i, j))
+                }
+            })
         });
         let gp: [*const f32; NT] = std::array::from_fn(|i| g.as_ptr().add((t + i) * k));
         for r in r0..r1 {
