@@ -697,6 +697,14 @@ mod avx512 {
     /// while every tile of `g` rows passes over it.
     const NN_KC: usize = 512;
 
+    /// The masks of a 64-column block's four vectors when `width` of its columns exist.
+    fn col_masks(width: usize) -> [__mmask16; 4] {
+        std::array::from_fn(|j| {
+            let lanes = width.saturating_sub(16 * j).min(16);
+            ((1u32 << lanes) - 1) as __mmask16
+        })
+    }
+
     /// Rows `t_start..t_end`, columns `c0..c0 + 64` (fewer at the right edge) of `g · w` added to `out`
     /// (`n` × `cols`, row-major), or, when `fresh`, written there (what it held is never read).
     ///
@@ -716,10 +724,7 @@ mod avx512 {
         fresh: bool,
     ) {
         let width = NN_COLS.min(cols - c0);
-        let masks: [__mmask16; 4] = std::array::from_fn(|j| {
-            let lanes = width.saturating_sub(16 * j).min(16);
-            ((1u32 << lanes) - 1) as __mmask16
-        });
+        let masks = col_masks(width);
         let mut r0 = 0;
         while r0 < k {
             let r1 = (r0 + NN_KC).min(k);
@@ -759,8 +764,8 @@ mod avx512 {
     /// it, 64 values each) transposed into a buffer once per panel.
     ///
     /// # Safety
-    /// AVX-512 F present; `x` holds `n` × `k` values, `w` `rows` × `k`; `out` points at `n` × `rows` values (initialised
-    /// or not) of which no other thread writes these columns.
+    /// AVX-512 F present; `x` holds `n` × `k` values, `w` `rows` × `k`; `out` points at `n` × `rows` values
+    /// (initialised or not) of which no other thread writes these columns.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub unsafe fn nt_block(
         x: &[f32],
@@ -772,10 +777,7 @@ mod avx512 {
         out: crate::matmul::SendPtr,
     ) {
         let width = NN_COLS.min(rows - c0);
-        let masks: [__mmask16; 4] = std::array::from_fn(|j| {
-            let lanes = width.saturating_sub(16 * j).min(16);
-            ((1u32 << lanes) - 1) as __mmask16
-        });
+        let masks = col_masks(width);
         // Never read outside the rows and columns each pass writes (the loads are masked), so one buffer per
         // thread serves every call without zeroing.
         thread_local! {
