@@ -146,6 +146,11 @@ def main():
         return {"step_s": first["step_s"][:1] + [t for r in rounds for t in r[side]["step_s"][1:]],
                 "tokens": first["tokens"][:1] + [t for r in rounds for t in r[side]["tokens"][1:]]}
 
+    # The same conversations in both epochs, but not the same batches (each side shuffles with its own
+    # generator), so the whole epoch's time is the like-for-like figure; the step medians are per batch.
+    epochs = [sum(r["baimo"]["step_s"]) / sum(r["peft"]["step_s"]) for r in rounds]
+    print(f"epoch time ratio baimo / PEFT, per round: {' '.join(f'{e:.2f}' for e in epochs)}; "
+          f"median {statistics.median(epochs):.2f}")
     a, b = summary("baimo", pooled("baimo")), summary("PyTorch + PEFT", pooled("peft"))
     print(f"step time ratio baimo / PEFT: {a['median_step_s'] / b['median_step_s']:.2f} "
           f"(target <= 1.0, goal 0.7); tokens/s ratio {a['tokens_per_s'] / b['tokens_per_s']:.2f}"
