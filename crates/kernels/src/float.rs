@@ -249,8 +249,9 @@ pub fn float_matmul_nn_with(
 ) -> Result<Vec<f32>, KernelError> {
     check_nn(&[(g.len(), n, k), (w.len(), k, cols)])?;
     #[cfg(target_arch = "x86_64")]
-    if simd_for(isa) == Simd::Avx512 && n > 0 && cols > 0 {
-        // SAFETY: AVX-512 F was detected; the shapes were checked; a fresh product writes every output.
+    if simd_for(isa) == Simd::Avx512 && n > 0 && cols > 0 && k > 0 {
+        // SAFETY: AVX-512 F was detected; the shapes were checked; a fresh product writes every output (it
+        // has at least one term: k > 0).
         return Ok(filled(n * cols, |dst| unsafe {
             nn_avx512(dst, true, g, n, k, w, cols)
         }));
@@ -304,11 +305,12 @@ pub fn float_matmul_nt_with(
 ) -> Result<Vec<f32>, KernelError> {
     check_nn(&[(x.len(), n, k), (w.len(), rows, k)])?;
     let mut out = vec![0f32; n * rows];
-    if n == 0 || rows == 0 {
+    if n == 0 || rows == 0 || k == 0 {
         return Ok(out);
     }
     #[cfg(target_arch = "x86_64")]
     if simd_for(isa) == Simd::Avx512 {
+        // Every output written (each has at least one term), so none needs zeroing first.
         drop(out);
         return Ok(filled(n * rows, |dst| {
             in_tasks(n, k, rows, |(b, rows_t)| {

@@ -221,4 +221,15 @@ fn nt_product_is_the_nn_product_with_w_transposed() {
         }
     }
     assert!(float_matmul_nt_with(Isa::Scalar, &[0.0; 6], 2, 3, &[0.0; 5], 2).is_err());
+    // No terms (k = 0): zeros, from every kernel.
+    for isa in [Isa::Avx512Vnni, Isa::Scalar] {
+        assert_eq!(
+            float_matmul_nt_with(isa, &[], 3, 0, &[], 5).unwrap(),
+            vec![0.0; 15]
+        );
+        assert_eq!(
+            float_matmul_nn_with(isa, &[], 3, 0, &[], 5).unwrap(),
+            vec![0.0; 15]
+        );
+    }
 }
