@@ -400,6 +400,9 @@ fn f32_bytes(v: &[f32]) -> &[u8] {
 /// `m` (rows × cols, row-major) transposed.
 fn transposed(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut t = vec![0f32; m.len()];
+    if cols == 0 {
+        return t;
+    }
     for (r, row) in m.chunks_exact(cols).enumerate() {
         for (c, &v) in row.iter().enumerate() {
             t[c * rows + r] = v;
