@@ -1035,8 +1035,8 @@ impl candle_core::CustomOp2 for RmsNormOp {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         // y = x·r·w with r = (mean(x²) + eps)^-1/2: dx = r·(g·w) - x·r³·mean((g·w)·x); dw = Σ_rows g·x·r.
         // One pass per row for dx (candle ops made eight (rows × n) temporaries, each a gradient node's
-        // worth of allocation); dw only for a weight that gradients reach (`track_op`: a variable or made from one; LoRA keeps
-        // norms frozen).
+        // worth of allocation); dw only for a weight that gradients reach (`track_op`: a variable or made
+        // from one; LoRA keeps norms frozen).
         use rayon::prelude::*;
         let n = w.dim(D::Minus1)?;
         let (x, w, g) = (x.contiguous()?, w.contiguous()?, g.contiguous()?);

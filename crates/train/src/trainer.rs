@@ -425,11 +425,14 @@ impl Trainer {
                 use rayon::prelude::*;
                 let g = g.contiguous()?;
                 let view = F32View::of(&g, "gradient norm")?;
-                sq += view
+                // Chunk sums collected in order and added in order: the same bits whatever the threads
+                // did (a resumed run must retrace the uninterrupted one).
+                let chunks: Vec<f64> = view
                     .values()
                     .par_chunks(4096)
                     .map(|c| c.iter().map(|&x| f64::from(x * x)).sum::<f64>())
-                    .sum::<f64>();
+                    .collect();
+                sq += chunks.iter().sum::<f64>();
             }
         }
         let grad_norm = sq.sqrt();
