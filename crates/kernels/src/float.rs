@@ -304,14 +304,12 @@ pub fn float_matmul_nt_with(
     rows: usize,
 ) -> Result<Vec<f32>, KernelError> {
     check_nn(&[(x.len(), n, k), (w.len(), rows, k)])?;
-    let mut out = vec![0f32; n * rows];
     if n == 0 || rows == 0 || k == 0 {
-        return Ok(out);
+        return Ok(vec![0f32; n * rows]);
     }
     #[cfg(target_arch = "x86_64")]
     if simd_for(isa) == Simd::Avx512 {
         // Every output written (each has at least one term), so none needs zeroing first.
-        drop(out);
         return Ok(filled(n * rows, |dst| {
             in_tasks(n, k, rows, |(b, rows_t)| {
                 // SAFETY: AVX-512 F was detected; the shapes were checked; each task writes every output
@@ -321,6 +319,7 @@ pub fn float_matmul_nt_with(
         }));
     }
     let _ = isa;
+    let mut out = vec![0f32; n * rows];
     out.par_chunks_mut(rows).enumerate().for_each(|(t, row)| {
         let xr = &x[t * k..(t + 1) * k];
         for (o, wr) in row.iter_mut().zip(w.chunks_exact(k)) {

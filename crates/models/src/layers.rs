@@ -136,7 +136,7 @@ fn kernel_matmul_t(w: &Tensor, x: &[f32]) -> Option<Result<Vec<f32>>> {
 }
 
 /// The values of a custom op's contiguous f32 input (the frozen products make their input contiguous).
-pub(crate) fn contiguous_f32<'a>(
+pub fn contiguous_f32<'a>(
     storage: &'a candle_core::CpuStorage,
     layout: &candle_core::Layout,
     op: &str,
@@ -169,22 +169,12 @@ fn input_grad(grad_y: &Tensor, w: &Tensor, extra: Option<Vec<f32>>) -> candle_co
     let g = grad_y.contiguous()?;
     let w = w.contiguous()?;
     let mut y = extra.unwrap_or_else(|| vec![0f32; n * inp]);
-    let (gs, gl) = g.storage_and_layout();
-    let (ws, wl) = w.storage_and_layout();
-    match (&*gs, gl.contiguous_offsets(), &*ws, wl.contiguous_offsets()) {
-        (
-            candle_core::Storage::Cpu(candle_core::CpuStorage::F32(gd)),
-            Some((g0, g1)),
-            candle_core::Storage::Cpu(candle_core::CpuStorage::F32(wd)),
-            Some((w0, w1)),
-        ) => baimo_kernels::float_matmul_nn_add(&mut y, &gd[g0..g1], n, out, &wd[w0..w1], inp)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?,
-        _ => {
-            return Err(candle_core::Error::Msg(
-                "input-grad: CPU f32 tensors expected".into(),
-            ))
-        }
-    }
+    let (gv, wv) = (
+        F32View::of(&g, "input-grad")?,
+        F32View::of(&w, "input-grad")?,
+    );
+    baimo_kernels::float_matmul_nn_add(&mut y, gv.values(), n, out, wv.values(), inp)
+        .map_err(kernel_err)?;
     Tensor::from_vec(y, (n, inp), &Device::Cpu)
 }
 
@@ -398,7 +388,7 @@ fn f32_bytes(v: &[f32]) -> &[u8] {
 }
 
 /// `m` (rows × cols, row-major) transposed.
-fn transposed(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+pub(crate) fn transposed(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut t = vec![0f32; m.len()];
     if cols == 0 {
         return t;
@@ -411,8 +401,25 @@ fn transposed(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     t
 }
 
-fn kernel_err(e: baimo_kernels::KernelError) -> candle_core::Error {
+pub(crate) fn kernel_err(e: baimo_kernels::KernelError) -> candle_core::Error {
     candle_core::Error::Msg(e.to_string())
+}
+
+/// `g · M` for `g` (n × k) and `M` (k × cols), row-major: our NN kernel where the float kernels are fast,
+/// else candle's matmul.
+pub(crate) fn matmul_nn(
+    g: &[f32],
+    n: usize,
+    k: usize,
+    m: &[f32],
+    cols: usize,
+) -> candle_core::Result<Vec<f32>> {
+    if baimo_kernels::float_kernels_fast() {
+        return baimo_kernels::float_matmul_nn(g, n, k, m, cols).map_err(kernel_err);
+    }
+    let g = Tensor::from_slice(g, (n, k), &Device::Cpu)?;
+    let m = Tensor::from_slice(m, (k, cols), &Device::Cpu)?;
+    g.matmul(&m)?.flatten_all()?.to_vec1::<f32>()
 }
 
 /// A training projection with its LoRA update as one autograd node: `y = x Wᵀ + bias + s·(x Aᵀ) Bᵀ`, inputs
@@ -441,16 +448,6 @@ impl LoraLinearOp {
         let x = Tensor::from_slice(x, (rows, inp), &Device::Cpu)?;
         let a = Tensor::from_slice(a, (r, inp), &Device::Cpu)?;
         x.matmul(&a.t()?)?.flatten_all()?.to_vec1::<f32>()
-    }
-
-    /// `g · M` for `g` (n × k) and `M` (k × cols), row-major.
-    fn nn(g: &[f32], n: usize, k: usize, m: &[f32], cols: usize) -> candle_core::Result<Vec<f32>> {
-        if baimo_kernels::float_kernels_fast() {
-            return baimo_kernels::float_matmul_nn(g, n, k, m, cols).map_err(kernel_err);
-        }
-        let g = Tensor::from_slice(g, (n, k), &Device::Cpu)?;
-        let m = Tensor::from_slice(m, (k, cols), &Device::Cpu)?;
-        g.matmul(&m)?.flatten_all()?.to_vec1::<f32>()
     }
 }
 
@@ -498,7 +495,7 @@ impl candle_core::CustomOp3 for LoraLinearOp {
         if baimo_kernels::float_kernels_fast() {
             baimo_kernels::float_matmul_nn_add(&mut y, &xas, n, r, &bt, out).map_err(kernel_err)?;
         } else {
-            let lora = Self::nn(&xas, n, r, &bt, out)?;
+            let lora = matmul_nn(&xas, n, r, &bt, out)?;
             y.iter_mut().zip(&lora).for_each(|(v, l)| *v += l);
         }
         if let Ok(mut slot) = self.xa.lock() {
@@ -550,15 +547,15 @@ impl candle_core::CustomOp3 for LoraLinearOp {
                 None => Self::xa(xv, av, r, inp)?,
             };
             // dA = s·(g B)ᵀ x, (r × in).
-            let mut grad_a = Self::nn(&transposed(&gb, n, r), r, n, xv, inp)?;
+            let mut grad_a = matmul_nn(&transposed(&gb, n, r), r, n, xv, inp)?;
             grad_a.iter_mut().for_each(|v| *v *= s);
             // dB = s·gᵀ (x Aᵀ) = s·((x Aᵀ)ᵀ g)ᵀ, (out × r).
-            let grad_bt = Self::nn(&transposed(&xa, n, r), r, n, gv, out)?;
+            let grad_bt = matmul_nn(&transposed(&xa, n, r), r, n, gv, out)?;
             let mut grad_b = transposed(&grad_bt, r, out);
             grad_b.iter_mut().for_each(|v| *v *= s);
             // The adapter's term of dx, s·(g B) A; the base's product is added onto it in place.
             gb.iter_mut().for_each(|v| *v *= s);
-            (grad_a, grad_b, Self::nn(&gb, n, r, av, inp)?)
+            (grad_a, grad_b, matmul_nn(&gb, n, r, av, inp)?)
         };
         let grad_x = input_grad(&g, &self.base.weight_f32()?, Some(lora))?;
         let dev = &Device::Cpu;

@@ -11,7 +11,7 @@
 use candle_core::{CpuStorage, CustomOp3, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::layers::{contiguous_f32, softmax_row, F32View};
+use crate::layers::{contiguous_f32, kernel_err, matmul_nn, softmax_row, transposed, F32View};
 use crate::RopeStyle;
 
 /// Inputs: q (tokens, heads·hd), k and v (tokens, kv_heads·hd), the projections' outputs; output (tokens,
@@ -194,16 +194,15 @@ impl TrainAttention {
                     *s = w * (*s - d) * scale;
                 }
             }
-            let dqr = nn(&ds, n, n, &kr, hd)?;
+            let dqr = matmul_nn(&ds, n, n, &kr, hd)?;
             for (i, row) in dqh.chunks_exact_mut(hd).enumerate() {
                 self.rope_back(&dqr[i * hd..(i + 1) * hd], task.start + i, row);
             }
             let nn_add = |out: &mut [f32], g: &[f32], w: &[f32]| {
-                baimo_kernels::float_matmul_nn_add(out, g, n, n, w, hd)
-                    .map_err(|e| candle_core::Error::Msg(e.to_string()))
+                baimo_kernels::float_matmul_nn_add(out, g, n, n, w, hd).map_err(kernel_err)
             };
-            nn_add(&mut dkr, &transposed(&ds, n), &qr)?;
-            nn_add(&mut dv, &transposed(&p, n), &go)?;
+            nn_add(&mut dkr, &transposed(&ds, n, n), &qr)?;
+            nn_add(&mut dv, &transposed(&p, n, n), &go)?;
         }
         let mut dk = vec![0f32; n * hd];
         for (i, row) in dk.chunks_exact_mut(hd).enumerate() {
@@ -213,27 +212,9 @@ impl TrainAttention {
     }
 }
 
-/// `a · b` for `a` (n × k) and `b` (k × cols).
-fn nn(a: &[f32], n: usize, k: usize, b: &[f32], cols: usize) -> candle_core::Result<Vec<f32>> {
-    baimo_kernels::float_matmul_nn(a, n, k, b, cols)
-        .map_err(|e| candle_core::Error::Msg(e.to_string()))
-}
-
 /// `a · bᵀ` for `a` (n × k) and `b` (rows × k).
 fn nt(a: &[f32], n: usize, k: usize, b: &[f32], rows: usize) -> candle_core::Result<Vec<f32>> {
-    baimo_kernels::float_matmul_nt(a, n, k, b, rows)
-        .map_err(|e| candle_core::Error::Msg(e.to_string()))
-}
-
-/// A square matrix (n × n) transposed.
-fn transposed(m: &[f32], n: usize) -> Vec<f32> {
-    let mut t = vec![0f32; n * n];
-    for (i, row) in m.chunks_exact(n).enumerate() {
-        for (j, &v) in row.iter().enumerate() {
-            t[j * n + i] = v;
-        }
-    }
-    t
+    baimo_kernels::float_matmul_nt(a, n, k, b, rows).map_err(kernel_err)
 }
 
 /// A dot product in sixteen lane sums (which the compiler turns into vector code; a plain sequential sum
@@ -300,7 +281,7 @@ impl CustomOp3 for TrainAttention {
                     if let Some(vh) = &vh {
                         // O = P V on the float kernels.
                         let p = self.probs_by_kernel(&qr, &kr, task.len)?;
-                        oh.copy_from_slice(&nn(&p, task.len, task.len, vh, hd)?);
+                        oh.copy_from_slice(&matmul_nn(&p, task.len, task.len, vh, hd)?);
                         continue;
                     }
                     let p = self.probs(&qr, &kr, task.len);

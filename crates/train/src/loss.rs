@@ -1,5 +1,6 @@
 //! The causal-LM loss as one autograd node.
 
+use baimo_models::layers::{contiguous_f32, F32View};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -48,15 +49,6 @@ fn log_sum_exp(row: &[f32]) -> f32 {
     max + sum.ln() as f32
 }
 
-fn f32_values<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(d), Some((a, b))) => Ok(&d[a..b]),
-        _ => Err(candle_core::Error::Msg(
-            "cross-entropy: contiguous f32 logits expected".into(),
-        )),
-    }
-}
-
 impl CustomOp1 for CrossEntropySum {
     fn name(&self) -> &'static str {
         "cross-entropy-sum"
@@ -64,7 +56,7 @@ impl CustomOp1 for CrossEntropySum {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let vocab = self.check(l.dims())?;
-        let logits = f32_values(s, l)?;
+        let logits = contiguous_f32(s, l, self.name())?;
         let lse: Vec<f32> = logits.par_chunks(vocab).map(log_sum_exp).collect();
         let nll: f64 = lse
             .iter()
@@ -92,13 +84,8 @@ impl CustomOp1 for CrossEntropySum {
             .map(|mut v| std::mem::take(&mut *v))
             .unwrap_or_default();
         let logits = logits.contiguous()?;
-        let (storage, layout) = logits.storage_and_layout();
-        let candle_core::Storage::Cpu(cpu) = &*storage else {
-            return Err(candle_core::Error::Msg(
-                "cross-entropy: CPU logits expected".into(),
-            ));
-        };
-        let values = f32_values(cpu, layout)?;
+        let view = F32View::of(&logits, self.name())?;
+        let values = view.values();
         if lse.len() != self.targets.len() {
             lse = values.par_chunks(vocab).map(log_sum_exp).collect();
         }
@@ -112,7 +99,7 @@ impl CustomOp1 for CrossEntropySum {
                 }
                 gr[t as usize] -= g;
             });
-        drop(storage);
+        drop(view);
         Ok(Some(Tensor::from_vec(
             grad,
             logits.shape(),
