@@ -279,9 +279,9 @@ pub fn float_matmul_nn_add(
 /// `out = x · wᵀ` for f32 matrices `x` (`n` × `k`) and `w` (`rows` × `k`), both row-major: a frozen f32
 /// projection's forward in training. Each output is a sequential sum over `k` of fused multiply-adds (the
 /// order of [`matmul_nn_ref`] with `wᵀ`), so it is [`float_matmul_nn`]'s product with `w` transposed: the
-/// AVX-512 kernel is the NN one, fed panels of `wᵀ` (512 × 64 values) that each task transposes once and
-/// reuses for all its activation rows. It runs about 1.15–1.2× faster than [`float_matmul`]'s dot-product
-/// kernel on training's shapes (`examples/train_speed`); unlike [`float_matmul`] its results are not
+/// AVX-512 kernel is the NN one, fed panels of `wᵀ` (512 × 64 values) that each task transposes once (16 × 16
+/// squares in registers) and reuses for all its activation rows. It runs about 1.4× faster than
+/// [`float_matmul`]'s dot-product kernel on training's shapes (`examples/train_speed`); unlike [`float_matmul`] its results are not
 /// batch-invariant bit for bit (serving does not use it).
 pub fn float_matmul_nt(
     x: &[f32],
@@ -715,8 +715,27 @@ mod avx512 {
         })
     }
 
+    /// Bytes of `w` above which [`nn_block`] copies each block of it into a contiguous panel before the
+    /// passes over it. A `w` that stays in L2 between tasks is read in place; a bigger one comes from L3 or
+    /// memory for each task's block, in strips of 64 values a row apart. Timed alternately in one process
+    /// (2 threads, 210 rows), the packed passes took 0.83–0.87× the time of the in-place ones for the down
+    /// projection's 576 × 1536 input gradient and an 80-row product with a 49152 × 576 output head, and
+    /// 0.97× for 1536 × 576; copying a `w` that stays in L2 cost 1.16–1.2× (192 × 576) or nothing (576 × 576).
+    const NN_PACK_BYTES: usize = 2 << 20;
+
+    /// The calling thread's panel buffer (room for [`NN_KC`] × [`NN_COLS`] values) for `f`. Never read
+    /// outside the rows and columns a pass has written (the loads are masked), so it is never zeroed.
+    fn with_panel<R>(f: impl FnOnce(&mut [f32]) -> R) -> R {
+        thread_local! {
+            static PANEL: std::cell::RefCell<Vec<f32>> =
+                std::cell::RefCell::new(vec![0f32; NN_KC * NN_COLS]);
+        }
+        PANEL.with(|p| f(&mut p.borrow_mut()))
+    }
+
     /// Rows `t_start..t_end`, columns `c0..c0 + 64` (fewer at the right edge) of `g · w` added to `out`
-    /// (`n` × `cols`, row-major), or, when `fresh`, written there (what it held is never read).
+    /// (`n` × `cols`, row-major), or, when `fresh`, written there (what it held is never read). A `w` of
+    /// more than [`NN_PACK_BYTES`] is read through a packed copy of each block.
     ///
     /// # Safety
     /// AVX-512 F present; `g` holds `n` × `k` values, `w` `k` × `cols`; `out` points at `n` × `cols` values
@@ -725,7 +744,7 @@ mod avx512 {
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn nn_block(
         g: &[f32],
-        (t_start, t_end): (usize, usize),
+        rows: (usize, usize),
         k: usize,
         w: &[f32],
         cols: usize,
@@ -735,9 +754,50 @@ mod avx512 {
     ) {
         let width = NN_COLS.min(cols - c0);
         let masks = col_masks(width);
+        let outs = (out, cols, c0, fresh);
+        if std::mem::size_of_val(w) <= NN_PACK_BYTES {
+            nn_passes(g, rows, k, masks, outs, (w, cols, c0), None, |_, _, _| {});
+            return;
+        }
+        with_panel(|panel| {
+            // panel[r - r0] = w[r][c0..c0 + width]: one copy of the block, then every pass reads it.
+            let fill = |panel: &mut [f32], r0: usize, r1: usize| {
+                for (i, prow) in panel.chunks_exact_mut(NN_COLS).take(r1 - r0).enumerate() {
+                    let start = (r0 + i) * cols + c0;
+                    prow[..width].copy_from_slice(w.get_unchecked(start..start + width));
+                }
+            };
+            nn_passes(g, rows, k, masks, outs, (w, cols, c0), Some(panel), fill)
+        })
+    }
+
+    /// The passes of [`nn_block`] and [`nt_block`]: for each block of [`NN_KC`] rows `r0..r1` of the
+    /// product's right-hand matrix, every tile of activation rows passes over columns `c0..c0 + 64` of them
+    /// in `w` (rows `cols` apart) or, given a `panel`, over what `fill(panel, r0, r1)` wrote there (the
+    /// block's rows, 64 values apart).
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn nn_passes(
+        g: &[f32],
+        (t_start, t_end): (usize, usize),
+        k: usize,
+        masks: [__mmask16; 4],
+        (out, ocols, oc0, fresh): (crate::matmul::SendPtr, usize, usize, bool),
+        (w, cols, c0): (&[f32], usize, usize),
+        mut panel: Option<&mut [f32]>,
+        mut fill: impl FnMut(&mut [f32], usize, usize),
+    ) {
         let mut r0 = 0;
         while r0 < k {
             let r1 = (r0 + NN_KC).min(k);
+            let w = match panel.as_deref_mut() {
+                Some(p) => {
+                    fill(p, r0, r1);
+                    (&*p, NN_COLS, 0, r0)
+                }
+                None => (w, cols, c0, 0),
+            };
             let mut t = t_start;
             while t < t_end {
                 let nt = TT.min(t_end - t);
@@ -746,11 +806,11 @@ mod avx512 {
                         nn_tile::<$nt>(
                             g,
                             k,
-                            (w, cols, c0, 0),
+                            w,
                             (r0, r1),
                             t,
                             masks,
-                            (out, cols, c0, fresh && r0 == 0),
+                            (out, ocols, oc0, fresh && r0 == 0),
                         )
                     };
                 }
@@ -769,9 +829,8 @@ mod avx512 {
     }
 
     /// Rows `t_start..t_end`, columns `c0..c0 + 64` (fewer at the right edge) of `x · wᵀ` for `w` (`rows` ×
-    /// `k`), into `out` (`n` × `rows`, row-major; what it held is
-    /// never read): [`nn_block`] over panels of `wᵀ` (rows `r0..r1` of
-    /// it, 64 values each) transposed into a buffer once per panel.
+    /// `k`), into `out` (`n` × `rows`, row-major; what it held is never read): [`nn_block`]'s passes over
+    /// panels of `wᵀ` (rows `r0..r1` of it, 64 values each) transposed into the thread's panel buffer.
     ///
     /// # Safety
     /// AVX-512 F present; `x` holds `n` × `k` values, `w` `rows` × `k`; `out` points at `n` × `rows` values
@@ -779,7 +838,7 @@ mod avx512 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub unsafe fn nt_block(
         x: &[f32],
-        (t_start, t_end): (usize, usize),
+        t_rows: (usize, usize),
         k: usize,
         w: &[f32],
         rows: usize,
@@ -788,80 +847,80 @@ mod avx512 {
     ) {
         let width = NN_COLS.min(rows - c0);
         let masks = col_masks(width);
-        // Never read outside the rows and columns each pass writes (the loads are masked), so one buffer per
-        // thread serves every call without zeroing.
-        thread_local! {
-            static PANEL: std::cell::RefCell<Vec<f32>> =
-                std::cell::RefCell::new(vec![0f32; NN_KC * NN_COLS]);
-        }
-        PANEL.with(|p| {
-            let mut panel = p.borrow_mut();
-            nt_panels(
-                x,
-                (t_start, t_end),
-                k,
-                w,
-                rows,
-                c0,
-                out,
-                width,
-                masks,
-                &mut panel,
-            )
+        with_panel(|panel| {
+            // panel[r - r0][j] = w[c0 + j][r]: 16 × 16 squares transposed in registers, the edges one value
+            // at a time.
+            let fill = |panel: &mut [f32], r0: usize, r1: usize| {
+                let (sq_rows, sq_cols) = ((r1 - r0) / 16 * 16, width / 16 * 16);
+                for j in (0..sq_cols).step_by(16) {
+                    for i in (0..sq_rows).step_by(16) {
+                        let src = w.as_ptr().add((c0 + j) * k + r0 + i);
+                        transpose16(src, k, panel.as_mut_ptr().add(i * NN_COLS + j), NN_COLS);
+                    }
+                }
+                for (i, prow) in panel.chunks_exact_mut(NN_COLS).take(r1 - r0).enumerate() {
+                    let cols_from = if i < sq_rows { sq_cols } else { 0 };
+                    for (j, p) in prow[..width].iter_mut().enumerate().skip(cols_from) {
+                        *p = *w.get_unchecked((c0 + j) * k + r0 + i);
+                    }
+                }
+            };
+            let outs = (out, rows, c0, true);
+            nn_passes(x, t_rows, k, masks, outs, (w, rows, c0), Some(panel), fill)
         })
     }
 
-    /// [`nt_block`]'s passes with `panel` (room for [`NN_KC`] × [`NN_COLS`] values) as the buffer.
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    unsafe fn nt_panels(
-        x: &[f32],
-        (t_start, t_end): (usize, usize),
-        k: usize,
-        w: &[f32],
-        rows: usize,
-        c0: usize,
-        out: crate::matmul::SendPtr,
-        width: usize,
-        masks: [__mmask16; 4],
-        panel: &mut [f32],
-    ) {
-        let mut r0 = 0;
-        while r0 < k {
-            let r1 = (r0 + NN_KC).min(k);
-            // panel[r - r0][j] = w[c0 + j][r]: written in order, from the 64 weight rows' current cache lines.
-            for (i, prow) in panel.chunks_exact_mut(NN_COLS).take(r1 - r0).enumerate() {
-                for (j, p) in prow[..width].iter_mut().enumerate() {
-                    *p = *w.get_unchecked((c0 + j) * k + r0 + i);
-                }
+    /// `dst[i][j] = src[j][i]` for a 16 × 16 square: `src` rows `src_stride` values apart, `dst` rows
+    /// `dst_stride` apart. Sixteen loads, four rounds of shuffles (pairs of values, 4 × 4 blocks within
+    /// 128-bit lanes, then the lanes), sixteen stores.
+    ///
+    /// # Safety
+    /// AVX-512 F present; the 16 rows of 16 values at `src` readable, at `dst` writable.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn transpose16(src: *const f32, src_stride: usize, dst: *mut f32, dst_stride: usize) {
+        let r: [__m512; 16] = std::array::from_fn(|q| _mm512_loadu_ps(src.add(q * src_stride)));
+        // Rows 2m, 2m+1 interleaved: per 128-bit lane, [a0 b0 a1 b1] and [a2 b2 a3 b3].
+        let t: [__m512; 16] = std::array::from_fn(|q| {
+            let (a, b) = (r[q / 2 * 2], r[q / 2 * 2 + 1]);
+            if q % 2 == 0 {
+                _mm512_unpacklo_ps(a, b)
+            } else {
+                _mm512_unpackhi_ps(a, b)
             }
-            let mut t = t_start;
-            while t < t_end {
-                let nt = TT.min(t_end - t);
-                macro_rules! run {
-                    ($nt:literal) => {
-                        nn_tile::<$nt>(
-                            x,
-                            k,
-                            (&panel, NN_COLS, 0, r0),
-                            (r0, r1),
-                            t,
-                            masks,
-                            (out, rows, c0, r0 == 0),
-                        )
-                    };
-                }
-                match nt {
-                    1 => run!(1),
-                    2 => run!(2),
-                    3 => run!(3),
-                    4 => run!(4),
-                    5 => run!(5),
-                    _ => run!(6),
-                }
-                t += nt;
+        });
+        // Four rows' columns within each lane: u[4m + c] holds column c (of the lane's four) of rows
+        // 4m..4m+4.
+        let u: [__m512; 16] = std::array::from_fn(|q| {
+            let (m, c) = (q / 4, q % 4);
+            let (a, b) = (t[4 * m + c / 2], t[4 * m + 2 + c / 2]);
+            if c % 2 == 0 {
+                _mm512_shuffle_ps::<0x44>(a, b)
+            } else {
+                _mm512_shuffle_ps::<0xEE>(a, b)
             }
-            r0 = r1;
+        });
+        // 128-bit lanes, in two rounds: lanes 0 and 2 of each pair of `u`, and 1 and 3, then the same across
+        // the halves of the square; column q ends in o[q] (the NT product's test checks every position).
+        let v: [__m512; 16] = std::array::from_fn(|q| {
+            let (h, e, c) = (q / 8, (q / 4) % 2, q % 4);
+            let (a, b) = (u[8 * h + c], u[8 * h + 4 + c]);
+            if e == 0 {
+                _mm512_shuffle_f32x4::<0x88>(a, b)
+            } else {
+                _mm512_shuffle_f32x4::<0xDD>(a, b)
+            }
+        });
+        let o: [__m512; 16] = std::array::from_fn(|q| {
+            let (a, b) = (v[q % 8], v[8 + q % 8]);
+            if q < 8 {
+                _mm512_shuffle_f32x4::<0x88>(a, b)
+            } else {
+                _mm512_shuffle_f32x4::<0xDD>(a, b)
+            }
+        });
+        for (q, row) in o.iter().enumerate() {
+            _mm512_storeu_ps(dst.add(q * dst_stride), *row);
         }
     }
 

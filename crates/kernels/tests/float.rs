@@ -147,6 +147,9 @@ fn nn_product_matches_its_reference_and_a_float64_product() {
         (20, 576, 200),
         // One column block: the rows split among the threads.
         (100, 40, 20),
+        // A `w` of more than 2 MiB, read through packed copies of its blocks (three passes, the last
+        // partial; a partial column block).
+        (9, 1100, 530),
     ] {
         let g: Vec<f32> = (0..n * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
         let w: Vec<f32> = (0..k * cols).map(|_| rng.gen_range(-1.0..1.0)).collect();
@@ -175,20 +178,22 @@ fn nn_product_matches_its_reference_and_a_float64_product() {
 #[test]
 fn nn_product_adds_to_what_the_output_holds() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(4);
-    let (n, k, cols) = (9, 70, 90);
-    let g: Vec<f32> = (0..n * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
-    let w: Vec<f32> = (0..k * cols).map(|_| rng.gen_range(-1.0..1.0)).collect();
-    let init: Vec<f32> = (0..n * cols).map(|_| rng.gen_range(-1.0..1.0)).collect();
-    let mut out = init.clone();
-    float_matmul_nn_add(&mut out, &g, n, k, &w, cols).unwrap();
-    let product = matmul_nn_ref(&g, n, k, &w, cols);
-    for ((o, i), p) in out.iter().zip(&init).zip(&product) {
-        assert!(
-            (o - (i + p)).abs() <= 1e-5 * (1.0 + p.abs()),
-            "{o} vs {i} + {p}"
-        );
+    // The second `w` is over 2 MiB: its blocks are read through packed copies.
+    for (n, k, cols) in [(9, 70, 90), (7, 1100, 530)] {
+        let g: Vec<f32> = (0..n * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let w: Vec<f32> = (0..k * cols).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let init: Vec<f32> = (0..n * cols).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let mut out = init.clone();
+        float_matmul_nn_add(&mut out, &g, n, k, &w, cols).unwrap();
+        let product = matmul_nn_ref(&g, n, k, &w, cols);
+        for ((o, i), p) in out.iter().zip(&init).zip(&product) {
+            assert!(
+                (o - (i + p)).abs() <= 1e-5 * (1.0 + p.abs()),
+                "{o} vs {i} + {p}"
+            );
+        }
+        assert!(float_matmul_nn_add(&mut out[1..], &g, n, k, &w, cols).is_err());
     }
-    assert!(float_matmul_nn_add(&mut out[1..], &g, n, k, &w, cols).is_err());
 }
 
 #[test]
