@@ -131,7 +131,11 @@ pub(crate) fn from_hf_dir(dir: &Path) -> Result<Tokenizer> {
         v.sort_unstable();
         v
     };
-    ids.eot = special_named(EOT_NAMES).first().copied();
+    // The first name of the list that is a special token, as GGUF loading picks it (not the lowest id: for
+    // Qwen2 that would be <|endoftext|> where a GGUF says <|im_end|>).
+    ids.eot = EOT_NAMES
+        .iter()
+        .find_map(|name| special_named(&[name]).first().copied());
     ids.eom = special_named(&["<|eom_id|>"]).first().copied();
     let mut eog: BTreeSet<u32> = special_named(EOG_NAMES).into_iter().collect();
     eog.extend(gen_eos.iter().copied());

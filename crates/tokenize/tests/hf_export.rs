@@ -31,10 +31,10 @@ fn round_trip(name: &str) {
         assert_eq!(hf.decode(&want, false).unwrap(), text, "{name}");
     }
     assert_eq!(hf.adds_bos(), gguf.adds_bos(), "{name}");
-    // (EOT is not a transformers notion: from_hf_dir guesses it by name, in another order than llama.cpp.)
+    // EOT and EOM are not transformers notions: from_hf_dir finds them by name, in GGUF loading's order.
     let ids = |t: &Tokenizer| {
         let s = t.special_ids();
-        (s.bos, s.eos, s.pad, s.unk)
+        (s.bos, s.eos, s.eot, s.eom, s.pad, s.unk)
     };
     assert_eq!(ids(&hf), ids(&gguf), "{name}");
     assert_eq!(files.config["model_max_length"], 4096);
