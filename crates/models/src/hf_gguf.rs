@@ -123,6 +123,9 @@ pub fn merge_hf_to_gguf(
     for (k, v) in vocab.metadata {
         w.add_kv(&k, v);
     }
+    if cfg.arch == Arch::Llama && cfg.vocab_size == SMALL_GRANITE_VOCAB {
+        w.add_kv("tokenizer.ggml.add_bos_token", Value::Bool(false));
+    }
     for (name, ty, dims, bytes) in tensors {
         w.add_tensor(&name, ty, &dims, bytes)?;
         report.tensors += 1;
@@ -130,6 +133,11 @@ pub fn merge_hf_to_gguf(
     w.write_to_path(dest)?;
     Ok(report)
 }
+
+/// The converter's `LlamaModel.set_vocab` writes `add_bos_token = false` for a Llama-architecture model with
+/// this many embedding rows ("granite small models": Granite 3, SmolLM/SmolLM2), whatever the tokenizer files
+/// say; an existing key keeps its place (gguf-py overwrites it), a new one comes last.
+const SMALL_GRANITE_VOCAB: usize = 49152;
 
 /// `general.*` and `{arch}.*` keys in the converter's order.
 fn hyper_parameters(

@@ -45,11 +45,18 @@ fn cases() -> Vec<(String, Vec<u32>)> {
 
 /// A one-layer Llama (hidden 16) with Llama 2's 32000-token vocabulary and Meta's tokenizer_config.json.
 fn tiny_llama(dir: &Path) {
+    tiny_llama_rows(dir, 32000)
+}
+
+/// [`tiny_llama`] with `rows` embedding rows (`vocab_size`).
+fn tiny_llama_rows(dir: &Path, rows: usize) {
     std::fs::create_dir_all(dir).unwrap();
-    let config = r#"{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 16,
+    let config = format!(
+        r#"{{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 16,
         "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2,
-        "vocab_size": 32000, "max_position_embeddings": 4096, "rms_norm_eps": 1e-05, "tie_word_embeddings": true,
-        "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float32"}"#;
+        "vocab_size": {rows}, "max_position_embeddings": 4096, "rms_norm_eps": 1e-05, "tie_word_embeddings": true,
+        "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float32"}}"#
+    );
     std::fs::write(dir.join("config.json"), config).unwrap();
     let tokenizer_config = r#"{"add_bos_token": true, "add_eos_token": false, "bos_token": {"content": "<s>",
         "special": true}, "eos_token": "</s>", "unk_token": "<unk>", "pad_token": null, "legacy": false,
@@ -64,7 +71,7 @@ fn tiny_llama(dir: &Path) {
     };
     let ones = Tensor::ones(16, candle_core::DType::F32, &Device::Cpu).unwrap();
     let mut t = HashMap::new();
-    t.insert("model.embed_tokens.weight".to_string(), w(32000, 16));
+    t.insert("model.embed_tokens.weight".to_string(), w(rows, 16));
     t.insert("model.norm.weight".to_string(), ones.clone());
     let layer = "model.layers.0";
     for n in ["input_layernorm", "post_attention_layernorm"] {
@@ -172,6 +179,32 @@ fn tokenizer_model_converts_as_llama_cpp() {
     check_cases(&g, "tokenizer.model");
     let m = Transformer::from_gguf(&g).unwrap();
     assert_eq!(m.config().vocab_size, 32000);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// llama.cpp's converter writes `add_bos_token = false` for a Llama with 49152 embedding rows (its "granite
+/// small models" rule, which SmolLM2's GGUFs carry) even where tokenizer_config.json says true; one row fewer
+/// and the config's flag stands.
+#[test]
+fn llama_of_49152_rows_adds_no_bos() {
+    let dir = scratch("granite");
+    for (rows, adds) in [(49152, false), (49151, true)] {
+        let hf = dir.join(format!("hf{rows}"));
+        tiny_llama_rows(&hf, rows);
+        std::fs::copy(
+            refdata().join("tokenizers/llama2/tokenizer.model"),
+            hf.join("tokenizer.model"),
+        )
+        .unwrap();
+        let g = convert(&hf, &dir.join(format!("{rows}.gguf")));
+        let flag = g
+            .get("tokenizer.ggml.add_bos_token")
+            .and_then(Value::as_bool);
+        assert_eq!(flag, Some(adds), "{rows} rows");
+        let tok = Tokenizer::from_gguf(&g).unwrap();
+        assert_eq!(tok.adds_bos(), adds, "{rows} rows");
+        assert_eq!(tok.vocab_size(), rows);
+    }
     std::fs::remove_dir_all(&dir).ok();
 }
 
