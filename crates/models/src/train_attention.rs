@@ -149,24 +149,30 @@ impl TrainAttention {
             .collect()
     }
 
-    /// [`TrainAttention::probs`] with the scores `Q Kᵀ` from the float kernel (all len × len of them; the
-    /// masked half is overwritten with zeros).
-    fn probs_by_kernel(&self, qr: &[f32], kr: &[f32], len: usize) -> candle_core::Result<Vec<f32>> {
+    /// [`TrainAttention::probs`] on the float kernels, in blocks of [`QUERY_BLOCK`] query rows: block
+    /// `i0..i1` scores keys `0..i1` only (the causal mask leaves the rest), so about half the square is
+    /// computed. Each block holds (i1 − i0) × i1 probabilities, row i zero after key i.
+    fn causal_probs(&self, qr: &[f32], kr: &[f32], len: usize) -> candle_core::Result<Vec<Block>> {
         let hd = self.head_dim;
         let scale = self.scale();
-        let mut p = nt(qr, len, hd, kr, len)?;
-        for (i, row) in p.chunks_exact_mut(len).enumerate() {
-            let (seen, masked) = row.split_at_mut(i + 1);
-            seen.iter_mut().for_each(|s| *s *= scale);
-            softmax_row(seen);
-            masked.fill(0.0);
-        }
-        Ok(p)
+        blocks(len)
+            .map(|(i0, i1)| {
+                let mut p = nt(&qr[i0 * hd..i1 * hd], i1 - i0, hd, &kr[..i1 * hd], i1)?;
+                for (r, row) in p.chunks_exact_mut(i1).enumerate() {
+                    let (seen, masked) = row.split_at_mut(i0 + r + 1);
+                    seen.iter_mut().for_each(|s| *s *= scale);
+                    softmax_row(seen);
+                    masked.fill(0.0);
+                }
+                Ok(Block { i0, i1, p })
+            })
+            .collect()
     }
 
     /// One task's gradients (at its group's q rows, at its kv head's k and v rows) with the products on
-    /// the float kernels: dP = dO Vᵀ, dS = P ⊙ (dP − Σ_j P dP)·scale, dQ = dS K, dK = Σ_heads dSᵀ Q,
-    /// dV = Σ_heads Pᵀ dO (then the rotations undone).
+    /// the float kernels, block by block of query rows as [`TrainAttention::causal_probs`]: dP = dO Vᵀ,
+    /// dS = P ⊙ (dP − Σ_j P dP)·scale, dQ = dS K, dK = Σ_heads dSᵀ Q, dV = Σ_heads Pᵀ dO (then the rotations
+    /// undone).
     fn task_bwd_by_kernels(
         &self,
         task: &Task,
@@ -185,24 +191,32 @@ impl TrainAttention {
         for (j, dqh) in dq.chunks_exact_mut(n * hd).enumerate() {
             let head = task.kv_head * self.group() + j;
             let qr = self.rotated(q, nh, task, head);
-            let p = self.probs_by_kernel(&qr, &kr, n)?;
             let go = self.head_rows(gy, nh, task, head);
-            let mut ds = nt(&go, n, hd, &vh, n)?;
-            for (i, (dsr, pr)) in ds.chunks_exact_mut(n).zip(p.chunks_exact(n)).enumerate() {
-                let d: f32 = dsr[..=i].iter().zip(&pr[..=i]).map(|(s, w)| w * s).sum();
-                for (s, &w) in dsr.iter_mut().zip(pr) {
-                    *s = w * (*s - d) * scale;
+            for Block { i0, i1, p } in self.causal_probs(&qr, &kr, n)? {
+                let rows = i1 - i0;
+                let (qb, gob) = (&qr[i0 * hd..i1 * hd], &go[i0 * hd..i1 * hd]);
+                let mut ds = nt(gob, rows, hd, &vh[..i1 * hd], i1)?;
+                for (r, (dsr, pr)) in ds.chunks_exact_mut(i1).zip(p.chunks_exact(i1)).enumerate() {
+                    let seen = i0 + r + 1;
+                    let d: f32 = dsr[..seen]
+                        .iter()
+                        .zip(&pr[..seen])
+                        .map(|(s, w)| w * s)
+                        .sum();
+                    for (s, &w) in dsr.iter_mut().zip(pr) {
+                        *s = w * (*s - d) * scale;
+                    }
                 }
+                let dqr = matmul_nn(&ds, rows, i1, &kr[..i1 * hd], hd)?;
+                for (r, row) in dqh[i0 * hd..i1 * hd].chunks_exact_mut(hd).enumerate() {
+                    self.rope_back(&dqr[r * hd..(r + 1) * hd], task.start + i0 + r, row);
+                }
+                let nn_add = |out: &mut [f32], g: &[f32], w: &[f32]| {
+                    baimo_kernels::float_matmul_nn_add(out, g, i1, rows, w, hd).map_err(kernel_err)
+                };
+                nn_add(&mut dkr[..i1 * hd], &transposed(&ds, rows, i1), qb)?;
+                nn_add(&mut dv[..i1 * hd], &transposed(&p, rows, i1), gob)?;
             }
-            let dqr = matmul_nn(&ds, n, n, &kr, hd)?;
-            for (i, row) in dqh.chunks_exact_mut(hd).enumerate() {
-                self.rope_back(&dqr[i * hd..(i + 1) * hd], task.start + i, row);
-            }
-            let nn_add = |out: &mut [f32], g: &[f32], w: &[f32]| {
-                baimo_kernels::float_matmul_nn_add(out, g, n, n, w, hd).map_err(kernel_err)
-            };
-            nn_add(&mut dkr, &transposed(&ds, n, n), &qr)?;
-            nn_add(&mut dv, &transposed(&p, n, n), &go)?;
         }
         let mut dk = vec![0f32; n * hd];
         for (i, row) in dk.chunks_exact_mut(hd).enumerate() {
@@ -210,6 +224,24 @@ impl TrainAttention {
         }
         Ok((dq, dk, dv))
     }
+}
+
+/// Query rows per block of [`TrainAttention::causal_probs`]: small enough that the causal mask's upper
+/// triangle is mostly skipped, big enough for the kernels' tiles.
+const QUERY_BLOCK: usize = 64;
+
+/// Rows `i0..i1` of a causal probability matrix over keys `0..i1`, row-major ((i1 − i0) × i1).
+struct Block {
+    i0: usize,
+    i1: usize,
+    p: Vec<f32>,
+}
+
+/// The query blocks `(i0, i1)` of a sequence of `len` tokens.
+fn blocks(len: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..len)
+        .step_by(QUERY_BLOCK)
+        .map(move |i0| (i0, (i0 + QUERY_BLOCK).min(len)))
 }
 
 /// `a · bᵀ` for `a` (n × k) and `b` (rows × k).
@@ -279,9 +311,11 @@ impl CustomOp3 for TrainAttention {
                     let head = task.kv_head * self.group() + j;
                     let qr = self.rotated(q, nh, task, head);
                     if let Some(vh) = &vh {
-                        // O = P V on the float kernels.
-                        let p = self.probs_by_kernel(&qr, &kr, task.len)?;
-                        oh.copy_from_slice(&matmul_nn(&p, task.len, task.len, vh, hd)?);
+                        // O = P V on the float kernels, a block of query rows at a time.
+                        for Block { i0, i1, p } in self.causal_probs(&qr, &kr, task.len)? {
+                            let o = matmul_nn(&p, i1 - i0, i1, &vh[..i1 * hd], hd)?;
+                            oh[i0 * hd..i1 * hd].copy_from_slice(&o);
+                        }
                         continue;
                     }
                     let p = self.probs(&qr, &kr, task.len);
@@ -458,7 +492,13 @@ mod tests {
     fn forward_and_gradients_match_candle_autograd() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         for style in [RopeStyle::Half, RopeStyle::Interleaved] {
-            for (nh, nkv, lens) in [(4, 2, vec![5, 1, 7]), (2, 2, vec![6]), (6, 2, vec![3, 4])] {
+            // The last case spans several query blocks (64 rows), one of them partial.
+            for (nh, nkv, lens) in [
+                (4, 2, vec![5, 1, 7]),
+                (2, 2, vec![6]),
+                (6, 2, vec![3, 4]),
+                (4, 2, vec![150, 64, 65]),
+            ] {
                 let hd = 8;
                 let tokens: usize = lens.iter().sum();
                 let inv_freq: Vec<f32> = (0..hd / 2)
