@@ -106,7 +106,7 @@ fn simd_for(isa: Isa) -> Simd {
     }
 }
 
-fn avx512_available() -> bool {
+pub(crate) fn avx512_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         is_x86_feature_detected!("avx512f")
@@ -330,6 +330,42 @@ pub fn float_matmul_nt_with(
         }
     });
     Ok(out)
+}
+
+/// `m` (`rows` × `cols`, row-major) transposed: 16 × 16 squares through registers on AVX-512, the edges (and
+/// other CPUs) one value at a time.
+pub fn transpose(m: &[f32], rows: usize, cols: usize) -> Result<Vec<f32>, KernelError> {
+    check_nn(&[(m.len(), rows, cols)])?;
+    let (sq_rows, sq_cols) = if avx512_available() {
+        (rows / 16 * 16, cols / 16 * 16)
+    } else {
+        (0, 0)
+    };
+    Ok(filled(m.len(), |dst| {
+        #[cfg(target_arch = "x86_64")]
+        for r in (0..sq_rows).step_by(16) {
+            for c in (0..sq_cols).step_by(16) {
+                // SAFETY: AVX-512 F was detected (else there are no squares); the square's 16 rows of 16
+                // values lie inside `m` (rows r..r+16, columns c..c+16) and inside the output (rows c..c+16,
+                // columns r..r+16), and nothing else writes the output.
+                unsafe {
+                    avx512::transpose16(
+                        m.as_ptr().add(r * cols + c),
+                        cols,
+                        dst.0.add(c * rows + r),
+                        rows,
+                    )
+                };
+            }
+        }
+        for r in 0..rows {
+            let from = if r < sq_rows { sq_cols } else { 0 };
+            for c in from..cols {
+                // SAFETY: inside the output, written once.
+                unsafe { *dst.0.add(c * rows + r) = m[r * cols + c] };
+            }
+        }
+    }))
 }
 
 /// Products of fewer multiply-adds than this run on the calling thread (a training step's attention makes
@@ -878,7 +914,12 @@ mod avx512 {
     /// AVX-512 F present; the 16 rows of 16 values at `src` readable, at `dst` writable.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn transpose16(src: *const f32, src_stride: usize, dst: *mut f32, dst_stride: usize) {
+    pub(super) unsafe fn transpose16(
+        src: *const f32,
+        src_stride: usize,
+        dst: *mut f32,
+        dst_stride: usize,
+    ) {
         let r: [__m512; 16] = std::array::from_fn(|q| _mm512_loadu_ps(src.add(q * src_stride)));
         // Rows 2m, 2m+1 interleaved: per 128-bit lane, [a0 b0 a1 b1] and [a2 b2 a3 b3].
         let t: [__m512; 16] = std::array::from_fn(|q| {

@@ -15,16 +15,18 @@ pub mod kquant;
 mod matmul;
 pub mod q32;
 pub mod q8;
+pub mod softmax;
 #[cfg(target_arch = "x86_64")]
 mod vnni;
 
 pub use float::{
     float_kernels_fast, float_matmul, float_matmul_nn, float_matmul_nn_add, float_matmul_nn_with,
     float_matmul_nt, float_matmul_nt_with, float_matmul_with, float_weights_in_place,
-    matmul_nn_ref, FloatFormat,
+    matmul_nn_ref, transpose, FloatFormat,
 };
 pub use format::{BlockFormat, KernelError, QK, QK_K};
 pub use matmul::{
     dequantize_row, quant_matmul, quant_matmul_many, quant_matmul_packed, quant_matmul_with, Isa,
     PackedWeights, QuantMatrix, TILE,
 };
+pub use softmax::{softmax, softmax_ref, softmax_with};

@@ -238,3 +238,32 @@ fn nt_product_is_the_nn_product_with_w_transposed() {
         );
     }
 }
+
+#[test]
+fn transpose_moves_every_value() {
+    // Whole 16 × 16 squares, partial edges on either side, and empty matrices.
+    for (rows, cols) in [
+        (0, 5),
+        (5, 0),
+        (1, 1),
+        (16, 16),
+        (17, 33),
+        (64, 150),
+        (150, 64),
+        (3, 100),
+    ] {
+        let m: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+        let t = baimo_kernels::transpose(&m, rows, cols).unwrap();
+        assert_eq!(t.len(), m.len());
+        for r in 0..rows {
+            for c in 0..cols {
+                assert_eq!(
+                    t[c * rows + r],
+                    m[r * cols + c],
+                    "{rows}×{cols} at ({r},{c})"
+                );
+            }
+        }
+    }
+    assert!(baimo_kernels::transpose(&[0.0; 5], 2, 3).is_err());
+}

@@ -387,18 +387,9 @@ fn f32_bytes(v: &[f32]) -> &[u8] {
     unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
 }
 
-/// `m` (rows × cols, row-major) transposed.
-pub(crate) fn transposed(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut t = vec![0f32; m.len()];
-    if cols == 0 {
-        return t;
-    }
-    for (r, row) in m.chunks_exact(cols).enumerate() {
-        for (c, &v) in row.iter().enumerate() {
-            t[c * rows + r] = v;
-        }
-    }
-    t
+/// `m` (rows × cols, row-major) transposed ([`baimo_kernels::transpose`]).
+pub(crate) fn transposed(m: &[f32], rows: usize, cols: usize) -> candle_core::Result<Vec<f32>> {
+    baimo_kernels::transpose(m, rows, cols).map_err(kernel_err)
 }
 
 pub(crate) fn kernel_err(e: baimo_kernels::KernelError) -> candle_core::Error {
@@ -491,7 +482,7 @@ impl candle_core::CustomOp3 for LoraLinearOp {
         let n = xa.len() / r.max(1);
         // + (s·x Aᵀ) Bᵀ, added onto the base product in place (k = r: a short sum per output).
         let xas: Vec<f32> = xa.iter().map(|v| v * self.scale as f32).collect();
-        let bt = transposed(b, out, r);
+        let bt = transposed(b, out, r)?;
         if baimo_kernels::float_kernels_fast() {
             baimo_kernels::float_matmul_nn_add(&mut y, &xas, n, r, &bt, out).map_err(kernel_err)?;
         } else {
@@ -540,18 +531,18 @@ impl candle_core::CustomOp3 for LoraLinearOp {
             let (xv, av, bv, gv) = (xv.values(), av.values(), bv.values(), gv.values());
             // The gradient at x Aᵀ, before the scale: g B, (n × r), as x Aᵀ is made (Bᵀ's r rows as the
             // "weight rows": an output of r columns is a poor fit for the NN kernel's 64-column tiles).
-            let mut gb = Self::xa(gv, &transposed(bv, out, r), r, out)?;
+            let mut gb = Self::xa(gv, &transposed(bv, out, r)?, r, out)?;
             let cached = self.xa.lock().ok().and_then(|mut slot| slot.take());
             let xa = match cached {
                 Some(xa) => xa,
                 None => Self::xa(xv, av, r, inp)?,
             };
             // dA = s·(g B)ᵀ x, (r × in).
-            let mut grad_a = matmul_nn(&transposed(&gb, n, r), r, n, xv, inp)?;
+            let mut grad_a = matmul_nn(&transposed(&gb, n, r)?, r, n, xv, inp)?;
             grad_a.iter_mut().for_each(|v| *v *= s);
             // dB = s·gᵀ (x Aᵀ) = s·((x Aᵀ)ᵀ g)ᵀ, (out × r).
-            let grad_bt = matmul_nn(&transposed(&xa, n, r), r, n, gv, out)?;
-            let mut grad_b = transposed(&grad_bt, r, out);
+            let grad_bt = matmul_nn(&transposed(&xa, n, r)?, r, n, gv, out)?;
+            let mut grad_b = transposed(&grad_bt, r, out)?;
             grad_b.iter_mut().for_each(|v| *v *= s);
             // The adapter's term of dx, s·(g B) A; the base's product is added onto it in place.
             gb.iter_mut().for_each(|v| *v *= s);
@@ -1439,20 +1430,13 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     Ok(e.broadcast_div(&s)?)
 }
 
-/// Softmax of one row in place, rounding as ggml's `soft_max`: `exp(x - max)` in f32, the sum in f64, every value
-/// times the f32-rounded reciprocal. The dense ([`SoftmaxOp`]) and paged attention both use it, so their
-/// probabilities agree bit for bit.
+/// Softmax of one row in place, rounding as ggml's `soft_max`: `exp(x - max)` in f32, the sum in f64, every
+/// value times the f32-rounded reciprocal ([`baimo_kernels::softmax_ref`]: the C library's `expf`, the sum in
+/// order). The dense ([`SoftmaxOp`]) and paged attention both use it, so their probabilities agree bit for
+/// bit. (The vector [`baimo_kernels::softmax`], a few ulp away, cost SmolLM2 one of its prompts fully
+/// identical to llama.cpp's greedy tokens; training's attention uses it, for speed at length.)
 pub(crate) fn softmax_row(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f64;
-    for v in row.iter_mut() {
-        *v = (*v - max).exp();
-        sum += f64::from(*v);
-    }
-    let inv = (1.0 / sum) as f32;
-    for v in row.iter_mut() {
-        *v *= inv;
-    }
+    baimo_kernels::softmax_ref(row)
 }
 
 /// Softmax over each row in one pass ([`softmax_row`]): `exp(x - max)` in f32, the sum in f64, every
