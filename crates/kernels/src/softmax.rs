@@ -56,6 +56,23 @@ pub fn exp_with(isa: Isa, xs: &mut [f32]) {
     xs.iter_mut().for_each(|x| *x = x.exp());
 }
 
+/// [`exp_with`] on the fastest path this CPU has.
+pub fn exp(xs: &mut [f32]) {
+    exp_with(Isa::detect(), xs)
+}
+
+/// `Σ exp(x − shift)` over `xs`, in f64: a log-sum-exp's sum. On AVX-512 the exponentials are [`exp_with`]'s
+/// and each vector's lanes are added in f32 first (as in [`softmax`]); else the C library's `expf`, summed in
+/// order.
+pub fn sum_exp(xs: &[f32], shift: f32) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if Isa::detect() == Isa::Avx512Vnni && crate::float::avx512_available() {
+        // SAFETY: AVX-512 F was detected.
+        return unsafe { avx512::sum_exp(xs, shift) };
+    }
+    xs.iter().map(|&x| f64::from((x - shift).exp())).sum()
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
@@ -112,6 +129,23 @@ mod avx512 {
             let p = chunk.as_mut_ptr();
             _mm512_mask_storeu_ps(p, m, exp16(_mm512_maskz_loadu_ps(m, p)));
         }
+    }
+
+    /// # Safety
+    /// AVX-512 F present.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn sum_exp(xs: &[f32], shift: f32) -> f64 {
+        let shift = _mm512_set1_ps(shift);
+        let mut sum = 0f64;
+        for chunk in xs.chunks(16) {
+            let m = lanes(chunk.len());
+            let e = exp16(_mm512_sub_ps(
+                _mm512_maskz_loadu_ps(m, chunk.as_ptr()),
+                shift,
+            ));
+            sum += f64::from(_mm512_reduce_add_ps(_mm512_maskz_mov_ps(m, e)));
+        }
+        sum
     }
 
     /// # Safety

@@ -75,3 +75,24 @@ fn softmax_agrees_with_the_reference() {
     softmax_with(Isa::Avx512Vnni, &mut one);
     assert_eq!(one, [1.0]);
 }
+
+#[test]
+fn sum_of_exponentials_agrees_with_the_reference() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+    for len in [0, 1, 15, 16, 17, 1000, 49152] {
+        let xs: Vec<f32> = (0..len).map(|_| rng.gen_range(-30.0..10.0)).collect();
+        let shift = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let want: f64 = xs.iter().map(|&x| f64::from((x - shift).exp())).sum();
+        let got = baimo_kernels::softmax::sum_exp(&xs, shift);
+        assert!(
+            (got - want).abs() <= 1e-6 * want,
+            "len {len}: {got} vs {want}"
+        );
+        let mut e = xs.clone();
+        baimo_kernels::softmax::exp(&mut e);
+        for (&x, &y) in xs.iter().zip(&e) {
+            let exact = (x as f64).exp();
+            assert!((y as f64 - exact).abs() <= 2.5e-7 * exact, "exp({x}) = {y}");
+        }
+    }
+}
