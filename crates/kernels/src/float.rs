@@ -336,7 +336,7 @@ pub fn float_matmul_nt_with(
 /// other CPUs) one value at a time.
 pub fn transpose(m: &[f32], rows: usize, cols: usize) -> Result<Vec<f32>, KernelError> {
     check_nn(&[(m.len(), rows, cols)])?;
-    let (sq_rows, sq_cols) = if avx512_available() {
+    let (sq_rows, sq_cols) = if simd_for(Isa::detect()) == Simd::Avx512 {
         (rows / 16 * 16, cols / 16 * 16)
     } else {
         (0, 0)
