@@ -3,10 +3,10 @@
 //! key/value head, forward and backward written out.
 //!
 //! The same arithmetic as the decoder's attention in candle ops (rope by the same formula, scores times the
-//! f32 scale, [`softmax_row`]'s rounding; on AVX-512 the vector softmax, a few ulp from it), but candle's autograd turns that into some eighty nodes per layer
-//! for a batch of four sequences (reshapes, copies, masks, per-sequence products), and its backward
-//! allocates, zeroes and adds a gradient buffer for the inputs of every one; on a small model that
-//! bookkeeping took more time than the arithmetic.
+//! f32 scale, [`softmax_row`]'s rounding; on AVX-512 the vector softmax, a few ulp from it), but candle's
+//! autograd turns that into some eighty nodes per layer for a batch of four sequences (reshapes, copies,
+//! masks, per-sequence products), and its backward allocates, zeroes and adds a gradient buffer for the
+//! inputs of every one; on a small model that bookkeeping took more time than the arithmetic.
 
 use candle_core::{CpuStorage, CustomOp3, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
