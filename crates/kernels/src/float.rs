@@ -336,36 +336,49 @@ pub fn float_matmul_nt_with(
 /// other CPUs) one value at a time.
 pub fn transpose(m: &[f32], rows: usize, cols: usize) -> Result<Vec<f32>, KernelError> {
     check_nn(&[(m.len(), rows, cols)])?;
-    let (sq_rows, sq_cols) = if simd_for(Isa::detect()) == Simd::Avx512 {
+    let squares = simd_for(Isa::detect()) == Simd::Avx512;
+    // SAFETY: `m` holds rows × cols values and the output as many, written once each; squares only where
+    // AVX-512 F was detected.
+    Ok(filled(m.len(), |dst| unsafe {
+        transpose_into(m.as_ptr(), cols, (rows, cols), dst.0, rows, squares)
+    }))
+}
+
+/// `dst[c · dst_stride + r] = src[r · src_stride + c]` for `r < rows`, `c < cols`: with `squares`, the whole
+/// 16 × 16 squares through registers ([`avx512::transpose16`]), the edges one value at a time.
+///
+/// # Safety
+/// Those positions readable in `src` and writable in `dst`; `squares` only where AVX-512 F is present.
+unsafe fn transpose_into(
+    src: *const f32,
+    src_stride: usize,
+    (rows, cols): (usize, usize),
+    dst: *mut f32,
+    dst_stride: usize,
+    squares: bool,
+) {
+    let (sq_rows, sq_cols) = if squares {
         (rows / 16 * 16, cols / 16 * 16)
     } else {
         (0, 0)
     };
-    Ok(filled(m.len(), |dst| {
-        #[cfg(target_arch = "x86_64")]
-        for r in (0..sq_rows).step_by(16) {
-            for c in (0..sq_cols).step_by(16) {
-                // SAFETY: AVX-512 F was detected (else there are no squares); the square's 16 rows of 16
-                // values lie inside `m` (rows r..r+16, columns c..c+16) and inside the output (rows c..c+16,
-                // columns r..r+16), and nothing else writes the output.
-                unsafe {
-                    avx512::transpose16(
-                        m.as_ptr().add(r * cols + c),
-                        cols,
-                        dst.0.add(c * rows + r),
-                        rows,
-                    )
-                };
-            }
+    #[cfg(target_arch = "x86_64")]
+    for r in (0..sq_rows).step_by(16) {
+        for c in (0..sq_cols).step_by(16) {
+            avx512::transpose16(
+                src.add(r * src_stride + c),
+                src_stride,
+                dst.add(c * dst_stride + r),
+                dst_stride,
+            );
         }
-        for r in 0..rows {
-            let from = if r < sq_rows { sq_cols } else { 0 };
-            for c in from..cols {
-                // SAFETY: inside the output, written once.
-                unsafe { *dst.0.add(c * rows + r) = m[r * cols + c] };
-            }
+    }
+    for r in 0..rows {
+        let from = if r < sq_rows { sq_cols } else { 0 };
+        for c in from..cols {
+            *dst.add(c * dst_stride + r) = *src.add(r * src_stride + c);
         }
-    }))
+    }
 }
 
 /// Products of fewer multiply-adds than this run on the calling thread (a training step's attention makes
@@ -884,22 +897,11 @@ mod avx512 {
         let width = NN_COLS.min(rows - c0);
         let masks = col_masks(width);
         with_panel(|panel| {
-            // panel[r - r0][j] = w[c0 + j][r]: 16 × 16 squares transposed in registers, the edges one value
-            // at a time.
+            // panel[r - r0][j] = w[c0 + j][r]: the block (width rows of w, r0..r1 of each) transposed.
             let fill = |panel: &mut [f32], r0: usize, r1: usize| {
-                let (sq_rows, sq_cols) = ((r1 - r0) / 16 * 16, width / 16 * 16);
-                for j in (0..sq_cols).step_by(16) {
-                    for i in (0..sq_rows).step_by(16) {
-                        let src = w.as_ptr().add((c0 + j) * k + r0 + i);
-                        transpose16(src, k, panel.as_mut_ptr().add(i * NN_COLS + j), NN_COLS);
-                    }
-                }
-                for (i, prow) in panel.chunks_exact_mut(NN_COLS).take(r1 - r0).enumerate() {
-                    let cols_from = if i < sq_rows { sq_cols } else { 0 };
-                    for (j, p) in prow[..width].iter_mut().enumerate().skip(cols_from) {
-                        *p = *w.get_unchecked((c0 + j) * k + r0 + i);
-                    }
-                }
+                let src = w.as_ptr().add(c0 * k + r0);
+                let dst = panel.as_mut_ptr();
+                super::transpose_into(src, k, (width, r1 - r0), dst, NN_COLS, true)
             };
             let outs = (out, rows, c0, true);
             nn_passes(x, t_rows, k, masks, outs, (w, rows, c0), Some(panel), fill)

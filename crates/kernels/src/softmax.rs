@@ -19,13 +19,19 @@ pub fn softmax(row: &mut [f32]) {
 /// [`softmax_ref`]).
 pub fn softmax_with(isa: Isa, row: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512Vnni && crate::float::avx512_available() {
+    if vector(isa) {
         // SAFETY: AVX-512 F was detected.
         unsafe { avx512::softmax(row) };
         return;
     }
     let _ = isa;
     softmax_ref(row)
+}
+
+/// Whether `isa` asks for the AVX-512 path and this CPU has it.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn vector(isa: Isa) -> bool {
+    isa == Isa::Avx512Vnni && crate::float::avx512_available()
 }
 
 /// The scalar reference: `exp(x − max)` by the C library in f32, summed in order in f64, every value times
@@ -47,7 +53,7 @@ pub fn softmax_ref(row: &mut [f32]) {
 /// has it), else the C library's `expf`.
 pub fn exp_with(isa: Isa, xs: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512Vnni && crate::float::avx512_available() {
+    if vector(isa) {
         // SAFETY: AVX-512 F was detected.
         unsafe { avx512::exp_all(xs) };
         return;
@@ -66,7 +72,7 @@ pub fn exp(xs: &mut [f32]) {
 /// order.
 pub fn sum_exp(xs: &[f32], shift: f32) -> f64 {
     #[cfg(target_arch = "x86_64")]
-    if Isa::detect() == Isa::Avx512Vnni && crate::float::avx512_available() {
+    if vector(Isa::detect()) {
         // SAFETY: AVX-512 F was detected.
         return unsafe { avx512::sum_exp(xs, shift) };
     }
