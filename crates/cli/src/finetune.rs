@@ -102,6 +102,10 @@ pub struct FinetuneArgs {
     /// copy of the model.
     #[arg(long)]
     pub quantized_base: bool,
+    /// Where to train: `cpu` (our kernels), or `cuda` / `cuda:N` (a build with `--features cuda`): the base
+    /// dense f32 on the GPU, the same decoder through candle's operations.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     #[arg(long, short = 't', env = "BAIMO_THREADS")]
     pub threads: Option<usize>,
     /// Append one JSON line per optimizer step to FILE: step, seconds, loss, lr, grad_norm, tokens (in the
@@ -126,6 +130,7 @@ pub fn finetune(store: &ModelStore, a: FinetuneArgs) -> Result<()> {
     if !(0.0..1.0).contains(&a.eval_fraction) {
         bail!("--eval-fraction must be in [0, 1)");
     }
+    let device = baimo_models::device(&a.device)?;
     let path = resolve_model(store, a.model.as_deref())?;
     let lm = baimo_engine::load(&path, &Default::default())
         .with_context(|| format!("loading {}", path.display()))?;
@@ -141,6 +146,15 @@ pub fn finetune(store: &ModelStore, a: FinetuneArgs) -> Result<()> {
         let g = baimo_formats::gguf::GgufFile::open(&path)?;
         Transformer::from_gguf_dequantized(&g)?
     };
+    if !device.is_cpu() {
+        if a.quantized_base {
+            eprintln!(
+                "note: --quantized-base is for the CPU; the base is dequantized to f32 on {}",
+                a.device
+            );
+        }
+        model = model.to_device(&device)?;
+    }
     if lm.template.is_fallback() {
         eprintln!(
             "note: the model has no chat template; training with the built-in ChatML template"

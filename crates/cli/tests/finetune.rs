@@ -71,19 +71,32 @@ fn finetune_learns_and_writes_a_peft_adapter() {
     assert!(out.join("adapter_config.json").is_file());
     assert!(out.join("adapter_model.safetensors").is_file());
 
-    // --on-bad-record fail names the line.
-    let r = Command::new(env!("CARGO_BIN_EXE_baimo"))
-        .args(["finetune", "--model"])
-        .arg(&model)
-        .arg("--data")
-        .arg(&data_path)
-        .arg("--out")
-        .arg(dir.join("never"))
-        .args(["--on-bad-record", "fail", "--max-steps", "1"])
-        .output()
-        .unwrap();
-    assert!(!r.status.success());
-    assert!(String::from_utf8_lossy(&r.stderr).contains("train.jsonl:25"));
+    // Runs that fail before any work: --on-bad-record fail names the line; a device this build cannot use
+    // is named.
+    let failing = |args: &[&str]| {
+        let r = Command::new(env!("CARGO_BIN_EXE_baimo"))
+            .args(["finetune", "--model"])
+            .arg(&model)
+            .arg("--data")
+            .arg(&data_path)
+            .arg("--out")
+            .arg(dir.join("never"))
+            .args(args)
+            .args(["--max-steps", "1"])
+            .output()
+            .unwrap();
+        assert!(!r.status.success());
+        String::from_utf8_lossy(&r.stderr).into_owned()
+    };
+    let e = failing(&["--on-bad-record", "fail"]);
+    assert!(e.contains("train.jsonl:25"), "{e}");
+    let e = failing(&["--device", "tpu"]);
+    assert!(e.contains("expected `cpu`, `cuda` or `cuda:N`"), "{e}");
+    if !cfg!(feature = "cuda") {
+        let e = failing(&["--device", "cuda:0"]);
+        assert!(e.contains("rebuild with `--features cuda`"), "{e}");
+    }
+    assert!(!dir.join("never").exists());
 
     // The adapter changes greedy output.
     let run = |adapter: Option<&Path>| {

@@ -43,4 +43,6 @@ pub enum ModelError {
     ContextOverflow { needed: usize, ctx: usize },
     #[error("token id {id} is outside the vocabulary (size {vocab})")]
     BadToken { id: u32, vocab: usize },
+    #[error("device `{name}`: {message}")]
+    Device { name: String, message: String },
 }

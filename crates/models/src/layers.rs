@@ -238,9 +238,16 @@ struct FrozenStored {
 
 impl FrozenStored {
     fn dequantized(&self) -> Result<Tensor> {
+        self.weight.to_f32(self.out, self.inp)
+    }
+}
+
+impl LinearWeight {
+    /// The (out, in) weight as an f32 tensor on the CPU: dequantized, or converted from F16/BF16, when stored
+    /// so (a copy); a dense f32 weight as it is.
+    fn to_f32(&self, out: usize, inp: usize) -> Result<Tensor> {
         use rayon::prelude::*;
-        let (out, inp) = (self.out, self.inp);
-        let rows: Vec<f32> = match &self.weight {
+        let rows: Vec<f32> = match self {
             LinearWeight::Blocks { format, data, .. } => data
                 .par_chunks_exact(data.len() / out.max(1))
                 .flat_map_iter(|r| dequantize_row(*format, r))
@@ -249,8 +256,11 @@ impl FrozenStored {
                 .par_chunks_exact(inp * format.bytes())
                 .flat_map_iter(|r| format.row_values(r))
                 .collect(),
-            LinearWeight::Candle(_) => {
-                return Err(ModelError::Kernel("frozen-stored: a candle weight".into()))
+            LinearWeight::Candle(QMatMul::QTensor(q)) => {
+                return Ok(q.dequantize(&Device::Cpu)?.to_dtype(DType::F32)?)
+            }
+            LinearWeight::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => {
+                return Ok(t.to_dtype(DType::F32)?)
             }
         };
         Ok(Tensor::from_vec(rows, (out, inp), &Device::Cpu)?)
@@ -907,6 +917,26 @@ impl Linear {
         Ok(())
     }
 
+    /// This layer with its weight as a dense f32 tensor on `dev` (dequantized, or converted from F16/BF16,
+    /// when the file stores it so), and its bias and attached LoRA update moved there too: the form candle's
+    /// own operations multiply on any device ([`crate::Transformer::to_device`]).
+    pub fn to_dense(&self, dev: &Device) -> Result<Linear> {
+        let w = self.weight.to_f32(self.out_features, self.in_features)?;
+        Ok(Linear {
+            weight: LinearWeight::Candle(QMatMul::Tensor(w.to_device(dev)?)),
+            bias: match &self.bias {
+                Some(b) => Some(b.to_dtype(DType::F32)?.to_device(dev)?),
+                None => None,
+            },
+            lora: match &self.lora {
+                Some(l) => Some(l.to_device(dev)?),
+                None => None,
+            },
+            out_features: self.out_features,
+            in_features: self.in_features,
+        })
+    }
+
     /// A float weight (differentiable with respect to the input).
     pub fn is_float(&self) -> bool {
         matches!(self.weight, LinearWeight::Candle(QMatMul::Tensor(_)))
@@ -957,16 +987,31 @@ impl RmsNorm {
     /// `x · (1 / sqrt(mean + eps)) · weight` in f32 ([`RmsNormOp`]). The textbook `x / sqrt(…)` differs by an ulp
     /// in about a third of the values, enough to move some of the int8 roundings of the activation
     /// quantization that follows, and so llama.cpp's greedy tokens at near-ties.
+    ///
+    /// Off the CPU, and for other dtypes, it is [`RmsNorm::forward_candle`].
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if x.dtype() != DType::F32 || self.weight.dtype() != DType::F32 {
-            let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-            let x = x.broadcast_mul(&(ms + self.eps)?.sqrt()?.recip()?)?;
-            return Ok(x.broadcast_mul(&self.weight)?);
+        if x.dtype() != DType::F32 || self.weight.dtype() != DType::F32 || !x.device().is_cpu() {
+            return self.forward_candle(x);
         }
         let op = RmsNormOp {
             eps: self.eps as f32,
         };
         Ok(x.contiguous()?.apply_op2(&self.weight, op)?)
+    }
+
+    /// The textbook `x / sqrt(mean(x²) + eps) · weight` in candle's operations (any device, differentiable).
+    pub fn forward_candle(&self, x: &Tensor) -> Result<Tensor> {
+        let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+        let x = x.broadcast_mul(&(ms + self.eps)?.sqrt()?.recip()?)?;
+        Ok(x.broadcast_mul(&self.weight)?)
+    }
+
+    /// The same norm with its weight on `dev`.
+    pub fn to_device(&self, dev: &Device) -> Result<RmsNorm> {
+        Ok(RmsNorm {
+            weight: self.weight.to_device(dev)?,
+            eps: self.eps,
+        })
     }
 }
 
@@ -1237,6 +1282,16 @@ impl Embedding {
             Embedding::Float(t) => t.index_select(ids, 0)?,
         })
     }
+    /// The table as a dense f32 tensor on `dev` (dequantized, or converted from F16/BF16, when the file
+    /// stores it so): looked up by candle's `index_select` on any device.
+    pub fn to_dense(&self, dev: &Device) -> Result<Embedding> {
+        let t = match self.as_linear()?.to_dense(dev)?.weight {
+            LinearWeight::Candle(QMatMul::Tensor(t)) => t,
+            _ => return Err(ModelError::Kernel("embedding: no dense table".into())),
+        };
+        Ok(Embedding::Float(t))
+    }
+
     /// The same table as an output projection (tied embeddings).
     pub fn as_linear(&self) -> Result<Linear> {
         Ok(match self {
@@ -1317,6 +1372,7 @@ fn lookup(
 }
 
 /// Rotary position embedding (Su et al. 2021) with cos/sin tables computed for each call's positions.
+#[derive(Clone)]
 pub struct Rope {
     inv_freq: Vec<f32>,
     style: crate::RopeStyle,
@@ -1420,9 +1476,14 @@ impl Rope {
 
 /// Softmax over the last dimension, max-subtracted.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    if x.dtype() == DType::F32 {
+    if x.dtype() == DType::F32 && x.device().is_cpu() {
         return Ok(x.contiguous()?.apply_op1(SoftmaxOp)?);
     }
+    softmax_last_dim_candle(x)
+}
+
+/// [`softmax_last_dim`] in candle's operations (any device, differentiable).
+pub fn softmax_last_dim_candle(x: &Tensor) -> Result<Tensor> {
     // The shift only guards exp() against overflow; it cancels out, so it carries no gradient.
     let max = x.max_keepdim(D::Minus1)?.detach();
     let e = x.broadcast_sub(&max)?.exp()?;

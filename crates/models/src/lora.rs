@@ -28,6 +28,18 @@ pub struct LoraDelta {
     pub dropout: f32,
 }
 
+impl LoraDelta {
+    /// The same update with A and B on `dev` (the same tensors, so the same autograd variables, where they
+    /// are there already).
+    pub fn to_device(&self, dev: &candle_core::Device) -> Result<LoraDelta> {
+        Ok(LoraDelta {
+            a: self.a.to_device(dev)?,
+            b: self.b.to_device(dev)?,
+            ..self.clone()
+        })
+    }
+}
+
 /// A loaded adapter: the low-rank update of each targeted module.
 pub struct LoraAdapter {
     pub path: PathBuf,

@@ -9,7 +9,9 @@ use baimo_formats::llama2c::Llama2cCheckpoint;
 use baimo_formats::safetensors::SafeTensorsFiles;
 use candle_core::{Device, Tensor};
 
-use crate::layers::{softmax_last_dim, Embedding, Linear, RmsNorm, Rope, SwiGluOp};
+use crate::layers::{
+    softmax_last_dim, softmax_last_dim_candle, Embedding, Linear, RmsNorm, Rope, SwiGluOp,
+};
 use crate::lora::{
     permute_rows_for_interleaved_rope, slot, LoraAdapter, LoraDelta, ServedAdapter, PROJECTIONS,
 };
@@ -84,7 +86,7 @@ impl Attention {
             [slot::Q, slot::K, slot::V],
             pass,
         )?;
-        if let (Kv::Train(lens), None) = (&kv, &self.q_norm) {
+        if let (Kv::Train(lens, TrainOps::Kernels), None) = (&kv, &self.q_norm) {
             // Training: rope and attention of every packed sequence as one autograd node.
             let op = TrainAttention {
                 lens: lens.to_vec(),
@@ -104,8 +106,13 @@ impl Attention {
         let mut k = heads(k, self.n_kv_heads)?;
         let v = heads(v, self.n_kv_heads)?;
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
-            q = qn.forward(&q)?;
-            k = kn.forward(&k)?;
+            if let Kv::Train(_, TrainOps::Candle) = kv {
+                q = qn.forward_candle(&q)?;
+                k = kn.forward_candle(&k)?;
+            } else {
+                q = qn.forward(&q)?;
+                k = kn.forward(&k)?;
+            }
         }
         let q = rope.apply(&q, &cs.0, &cs.1)?;
         let k = rope.apply(&k, &cs.0, &cs.1)?;
@@ -113,17 +120,17 @@ impl Attention {
             Kv::Contiguous(cache) => {
                 let start = cache.len();
                 let (k_all, v_all) = cache.append(layer, &k, &v)?;
-                self.attend_dense(q, k_all, v_all, start)?
+                self.attend_dense(q, k_all, v_all, start, TrainOps::Kernels)?
             }
             // Training: whole sequences at once, no cache, every op differentiable. Packed sequences attend
             // each within itself.
-            Kv::Train(lens) if lens.len() <= 1 => self.attend_dense(q, k, v, 0)?,
-            Kv::Train(lens) => {
+            Kv::Train(lens, ops) if lens.len() <= 1 => self.attend_dense(q, k, v, 0, *ops)?,
+            Kv::Train(lens, ops) => {
                 let mut outs = Vec::with_capacity(lens.len());
                 let mut at = 0;
                 for &n in lens.iter() {
                     let part = |t: &Tensor| -> Result<Tensor> { Ok(t.narrow(1, at, n)?) };
-                    outs.push(self.attend_dense(part(&q)?, part(&k)?, part(&v)?, 0)?);
+                    outs.push(self.attend_dense(part(&q)?, part(&k)?, part(&v)?, 0, *ops)?);
                     at += n;
                 }
                 Tensor::cat(&outs, 0)?
@@ -151,16 +158,18 @@ impl Attention {
     /// Long prompts run in chunks of [`ATTENTION_CHUNK`] query rows, each over the keys it can see: the score
     /// matrices (heads × rows × keys, three of them alive at once) otherwise dominate a 512-token prefill's
     /// memory (~44 MiB for the 0.5B models), and the keys past a chunk's last row are never computed.
+    /// `ops`: the softmax as our CPU node or as candle's operations ([`TrainOps`]; off the CPU, candle's).
     fn attend_dense(
         &self,
         q: Tensor,
         k_all: Tensor,
         v_all: Tensor,
         start: usize,
+        ops: TrainOps,
     ) -> Result<Tensor> {
         let seq = q.dim(1)?;
         if seq <= ATTENTION_CHUNK {
-            return self.attend_chunk(q, &k_all, &v_all, start);
+            return self.attend_chunk(q, &k_all, &v_all, start, ops);
         }
         let mut outs = Vec::with_capacity(seq.div_ceil(ATTENTION_CHUNK));
         let mut at = 0;
@@ -172,6 +181,7 @@ impl Attention {
                 &k_all.narrow(1, 0, visible)?,
                 &v_all.narrow(1, 0, visible)?,
                 start + at,
+                ops,
             )?);
             at += n;
         }
@@ -186,6 +196,7 @@ impl Attention {
         k_all: &Tensor,
         v_all: &Tensor,
         start: usize,
+        ops: TrainOps,
     ) -> Result<Tensor> {
         let seq = q.dim(1)?;
         let total = start + seq;
@@ -196,7 +207,7 @@ impl Attention {
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let scores = (q.matmul(&k_all.contiguous()?.t()?)? * scale)?; // (kv, group*seq, total)
         let scores = if seq > 1 {
-            let mask = causal_mask(seq, start, total)?; // (seq, total)
+            let mask = causal_mask(seq, start, total)?.to_device(q.device())?; // (seq, total)
             let scores = scores.reshape((self.n_kv_heads, group, seq, total))?;
             scores
                 .broadcast_add(&mask)?
@@ -204,7 +215,10 @@ impl Attention {
         } else {
             scores
         };
-        let probs = softmax_last_dim(&scores)?;
+        let probs = match ops {
+            TrainOps::Kernels => softmax_last_dim(&scores)?,
+            TrainOps::Candle => softmax_last_dim_candle(&scores)?,
+        };
         let out = probs.matmul(&v_all.contiguous()?)?; // (kv, group*seq, hd)
         let out = out
             .reshape((self.n_heads, seq, self.head_dim))?
@@ -216,8 +230,8 @@ impl Attention {
 
 /// Where attention keeps keys and values: one sequence's contiguous cache, or the paged pool shared by a batch.
 enum Kv<'a, 'b> {
-    /// Training: no cache; the rows are sequences of these lengths packed one after another.
-    Train(&'a [usize]),
+    /// Training: no cache; the rows are sequences of these lengths packed one after another, run by these ops.
+    Train(&'a [usize], TrainOps),
     Contiguous(&'a mut KvCache),
     Paged(&'a mut PagedKvCache, &'a [SeqSlice<'b>]),
 }
@@ -228,7 +242,7 @@ enum Pass<'a, 'b> {
     /// One sequence over a contiguous cache: the plain product (with the adapter attached by `set_adapter`).
     Cached,
     /// Training: differentiable in the activations and the attached LoRA, the base weights constant.
-    Train,
+    Train(TrainOps),
     /// A served batch: batch-invariant, each sequence's own adapter (if any) added to its rows.
     Batch(&'a [SeqSlice<'b>]),
 }
@@ -236,7 +250,7 @@ enum Pass<'a, 'b> {
 impl<'a, 'b> Kv<'a, 'b> {
     fn pass(&self) -> Pass<'a, 'b> {
         match self {
-            Kv::Train(_) => Pass::Train,
+            Kv::Train(_, ops) => Pass::Train(*ops),
             Kv::Contiguous(_) => Pass::Cached,
             Kv::Paged(_, seqs) => Pass::Batch(seqs),
         }
@@ -254,9 +268,9 @@ fn project_many<const N: usize>(
 ) -> Result<[Tensor; N]> {
     let ys = match pass {
         Pass::Cached => Linear::forward_many(&ls, x)?,
-        Pass::Train => ls
+        Pass::Train(ops) => ls
             .iter()
-            .map(|l| l.forward_train(x))
+            .map(|l| train_projection(l, x, ops))
             .collect::<Result<Vec<_>>>()?,
         Pass::Batch(seqs) => {
             let rows: Vec<_> = slots
@@ -274,8 +288,16 @@ fn project_many<const N: usize>(
 fn project(l: &Linear, x: &Tensor, layer: usize, slot: usize, pass: Pass) -> Result<Tensor> {
     match pass {
         Pass::Cached => l.forward(x),
-        Pass::Train => l.forward_train(x),
+        Pass::Train(ops) => train_projection(l, x, ops),
         Pass::Batch(seqs) => l.forward_rows(x, &adapter_rows(seqs, layer, slot)),
+    }
+}
+
+/// A training pass's projection: our kernels' node, or candle's product of the dense weight.
+fn train_projection(l: &Linear, x: &Tensor, ops: TrainOps) -> Result<Tensor> {
+    match ops {
+        TrainOps::Kernels => l.forward_train(x),
+        TrainOps::Candle => l.forward(x),
     }
 }
 
@@ -350,7 +372,7 @@ impl Mlp {
             [slot::GATE, slot::UP],
             pass,
         )?;
-        if matches!(pass, Pass::Train) && g.dtype() == candle_core::DType::F32 {
+        if matches!(pass, Pass::Train(TrainOps::Kernels)) && g.dtype() == candle_core::DType::F32 {
             let h = g
                 .contiguous()?
                 .apply_op2(&u.contiguous()?, SwiGluOp::default())?;
@@ -442,6 +464,18 @@ pub enum Logits {
     All,
 }
 
+/// What a training pass runs ([`Transformer::forward_train_packed`]): our CPU kernels, each projection,
+/// attention, norm and SwiGLU one custom autograd node ([`TrainOps::Kernels`], the CPU's default), or candle's
+/// own tensor operations on dense weights ([`TrainOps::Candle`]), which run on any device candle supports
+/// (CUDA) and, on the CPU, are the textbook reference the kernels' nodes are tested against. Both are this
+/// one decoder; only the implementation of each step differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TrainOps {
+    #[default]
+    Kernels,
+    Candle,
+}
+
 pub struct Transformer {
     cfg: ModelConfig,
     embed_tokens: Embedding,
@@ -450,6 +484,9 @@ pub struct Transformer {
     lm_head: Linear,
     rope: Rope,
     format: ModelFormat,
+    /// Where the weights (and so every activation) live.
+    device: Device,
+    train_ops: TrainOps,
 }
 
 impl Transformer {
@@ -475,7 +512,82 @@ impl Transformer {
             rope,
             format: src.format(),
             cfg,
+            device: Device::Cpu,
+            train_ops: TrainOps::Kernels,
         })
+    }
+
+    /// The same model with every weight dense f32 on `dev` (dequantized, or converted from F16/BF16, where the
+    /// file stores it so; attached LoRA updates moved too), training through candle's operations
+    /// ([`TrainOps::Candle`]): the form in which it trains on a GPU. On the CPU it is the reference for the
+    /// kernels' training pass.
+    pub fn to_device(&self, dev: &Device) -> Result<Transformer> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                let a = &l.self_attn;
+                let norm = |n: &Option<RmsNorm>| n.as_ref().map(|n| n.to_device(dev)).transpose();
+                Ok(DecoderLayer {
+                    input_layernorm: l.input_layernorm.to_device(dev)?,
+                    self_attn: Attention {
+                        q_proj: a.q_proj.to_dense(dev)?,
+                        k_proj: a.k_proj.to_dense(dev)?,
+                        v_proj: a.v_proj.to_dense(dev)?,
+                        o_proj: a.o_proj.to_dense(dev)?,
+                        q_norm: norm(&a.q_norm)?,
+                        k_norm: norm(&a.k_norm)?,
+                        ..*a
+                    },
+                    post_attention_layernorm: l.post_attention_layernorm.to_device(dev)?,
+                    mlp: Mlp {
+                        gate_proj: l.mlp.gate_proj.to_dense(dev)?,
+                        up_proj: l.mlp.up_proj.to_dense(dev)?,
+                        down_proj: l.mlp.down_proj.to_dense(dev)?,
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let embed_tokens = self.embed_tokens.to_dense(dev)?;
+        // Tied embeddings share the one dense table.
+        let lm_head = if self.cfg.tie_word_embeddings {
+            embed_tokens.as_linear()?
+        } else {
+            self.lm_head.to_dense(dev)?
+        };
+        Ok(Transformer {
+            cfg: self.cfg.clone(),
+            embed_tokens,
+            layers,
+            norm: self.norm.to_device(dev)?,
+            lm_head,
+            rope: self.rope.clone(),
+            format: self.format,
+            device: dev.clone(),
+            train_ops: TrainOps::Candle,
+        })
+    }
+
+    /// Where the weights live (LoRA parameters for training go there too).
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// What [`Transformer::forward_train_packed`] runs.
+    pub fn train_ops(&self) -> TrainOps {
+        self.train_ops
+    }
+
+    /// Chooses what the training pass runs. [`TrainOps::Kernels`] needs the weights on the CPU;
+    /// [`TrainOps::Candle`] needs dense weights ([`Transformer::to_device`]) to be differentiable.
+    pub fn set_train_ops(&mut self, ops: TrainOps) -> Result<()> {
+        if ops == TrainOps::Kernels && !self.device.is_cpu() {
+            return Err(ModelError::BadConfig(
+                "the CPU kernels' training pass needs the weights on the CPU".into(),
+            ));
+        }
+        self.train_ops = ops;
+        Ok(())
     }
 
     pub fn from_gguf(g: &GgufFile) -> Result<Transformer> {
@@ -662,15 +774,15 @@ impl Transformer {
             )));
         }
         let positions: Vec<usize> = lens.iter().flat_map(|&n| 0..n).collect();
-        let x = self.decode(&tokens, &positions, &mut Kv::Train(&lens))?;
+        let x = self.decode(&tokens, &positions, &mut Kv::Train(&lens, self.train_ops))?;
         let every_row =
             rows.len() == tokens.len() && rows.iter().enumerate().all(|(i, &r)| r as usize == i);
         let x = if every_row {
             x
         } else {
-            x.index_select(&Tensor::new(rows, &Device::Cpu)?, 0)?
+            x.index_select(&Tensor::new(rows, &self.device)?, 0)?
         };
-        self.logits(&x, Pass::Train)
+        self.logits(&x, Pass::Train(self.train_ops))
     }
 
     /// The projections a LoRA adapter can target: (module path, out, in, heads for q/k row permutation when
@@ -793,14 +905,19 @@ impl Transformer {
     /// Returns the last hidden states, (tokens, hidden), before the final norm.
     fn decode(&self, tokens: &[u32], positions: &[usize], kv: &mut Kv) -> Result<Tensor> {
         let pass = kv.pass();
-        let ids = Tensor::new(tokens, &Device::Cpu)?;
+        let ids = Tensor::new(tokens, &self.device)?;
         let mut x = self.embed_tokens.forward(&ids)?;
-        let cs = self.rope.tables_at(positions)?;
+        let (cos, sin) = self.rope.tables_at(positions)?;
+        let cs = (cos.to_device(&self.device)?, sin.to_device(&self.device)?);
+        let norm = |n: &RmsNorm, x: &Tensor| match pass {
+            Pass::Train(TrainOps::Candle) => n.forward_candle(x),
+            _ => n.forward(x),
+        };
         for (i, layer) in self.layers.iter().enumerate() {
-            let h = layer.input_layernorm.forward(&x)?;
+            let h = norm(&layer.input_layernorm, &x)?;
             let h = layer.self_attn.forward(&h, i, &self.rope, &cs, kv)?;
             x = (x + h)?;
-            let h = layer.post_attention_layernorm.forward(&x)?;
+            let h = norm(&layer.post_attention_layernorm, &x)?;
             x = (&x + layer.mlp.forward(&h, i, pass)?)?;
         }
         Ok(x)
@@ -808,10 +925,14 @@ impl Transformer {
 
     /// Final norm and output head: (rows, hidden) → (rows, vocab).
     fn logits(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
-        let x = self.norm.forward(x)?.contiguous()?;
+        let x = match pass {
+            Pass::Train(TrainOps::Candle) => self.norm.forward_candle(x)?,
+            _ => self.norm.forward(x)?,
+        }
+        .contiguous()?;
         let logits = match pass {
             Pass::Cached => self.lm_head.forward(&x)?,
-            Pass::Train => self.lm_head.forward_train(&x)?,
+            Pass::Train(ops) => train_projection(&self.lm_head, &x, ops)?,
             Pass::Batch(_) => self.lm_head.forward_invariant(&x)?,
         };
         Ok(logits.reshape(((), self.cfg.vocab_size))?)

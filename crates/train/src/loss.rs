@@ -19,6 +19,22 @@ pub fn cross_entropy_sum(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
     Ok(logits.contiguous()?.apply_op1(op)?)
 }
 
+/// [`cross_entropy_sum`] in candle's operations (log-softmax, gather, sum): any device, differentiable; on
+/// the CPU, the reference the one-node version is tested against.
+pub fn cross_entropy_sum_candle(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
+    let op = CrossEntropySum {
+        targets: targets.to_vec(),
+        lse: std::sync::Mutex::new(Vec::new()),
+    };
+    op.check(logits.dims())?;
+    let t = Tensor::new(targets, logits.device())?.unsqueeze(1)?;
+    // log softmax: the shifted logits less their log-sum-exp (the shift only guards exp against overflow).
+    let last = candle_core::D::Minus1;
+    let shifted = logits.broadcast_sub(&logits.max_keepdim(last)?.detach())?;
+    let logp = shifted.broadcast_sub(&shifted.exp()?.sum_keepdim(last)?.log()?)?;
+    Ok(logp.gather(&t, 1)?.sum_all()?.neg()?)
+}
+
 struct CrossEntropySum {
     targets: Vec<u32>,
     /// Each row's log Σ exp, from the forward.

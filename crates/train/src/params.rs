@@ -99,12 +99,9 @@ impl LoraParams {
                 let a: Vec<f32> = (0..spec.rank * t.in_features)
                     .map(|_| rng.gen_range(-bound..bound))
                     .collect();
-                let a = Var::from_tensor(&Tensor::from_vec(
-                    a,
-                    (spec.rank, t.in_features),
-                    &Device::Cpu,
-                )?)?;
-                let b = Var::zeros((t.out_features, spec.rank), DType::F32, &Device::Cpu)?;
+                let a = Tensor::from_vec(a, (spec.rank, t.in_features), &Device::Cpu)?;
+                let a = Var::from_tensor(&a.to_device(model.device())?)?;
+                let b = Var::zeros((t.out_features, spec.rank), DType::F32, model.device())?;
                 Ok(Entry { target: t, a, b })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -133,9 +130,10 @@ impl LoraParams {
                 Some(h) => permute_rows_for_interleaved_rope(&d.b, h)?,
                 None => d.b.clone(),
             };
+            let dev = model.device();
             entries.push(Entry {
-                a: Var::from_tensor(&d.a.copy()?)?,
-                b: Var::from_tensor(&b.copy()?)?,
+                a: Var::from_tensor(&d.a.to_device(dev)?.copy()?)?,
+                b: Var::from_tensor(&b.to_device(dev)?.copy()?)?,
                 target: t,
             });
         }
@@ -187,13 +185,14 @@ impl LoraParams {
                 None => e.b.as_tensor().clone(),
             };
             let p = &e.target.path;
+            let cpu = &Device::Cpu;
             out.insert(
                 format!("base_model.model.{p}.lora_A.weight"),
-                e.a.as_tensor().copy()?,
+                e.a.as_tensor().to_device(cpu)?.copy()?,
             );
             out.insert(
                 format!("base_model.model.{p}.lora_B.weight"),
-                b.contiguous()?,
+                b.to_device(cpu)?.contiguous()?,
             );
         }
         Ok(out)

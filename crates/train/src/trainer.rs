@@ -5,7 +5,7 @@
 //! batching do not change what a token weighs).
 
 use baimo_models::layers::F32View;
-use baimo_models::Transformer;
+use baimo_models::{TrainOps, Transformer};
 use candle_core::backprop::GradStore;
 use candle_core::Var;
 use candle_core::{Device, Tensor};
@@ -36,11 +36,18 @@ pub fn packed_loss(model: &Transformer, pack: &[&Example]) -> Result<(Tensor, us
     }
     let n = rows.len();
     if n == 0 {
-        return Ok((Tensor::zeros((), candle_core::DType::F32, &Device::Cpu)?, 0));
+        return Ok((
+            Tensor::zeros((), candle_core::DType::F32, model.device())?,
+            0,
+        ));
     }
     let seqs: Vec<&[u32]> = pack.iter().map(|e| e.tokens.as_slice()).collect();
     let sel = model.forward_train_packed(&seqs, &rows)?;
-    Ok((crate::loss::cross_entropy_sum(&sel, &targets)?, n))
+    let loss = match model.train_ops() {
+        TrainOps::Kernels => crate::loss::cross_entropy_sum(&sel, &targets)?,
+        TrainOps::Candle => crate::loss::cross_entropy_sum_candle(&sel, &targets)?,
+    };
+    Ok((loss, n))
 }
 
 /// Groups `examples` in order into packs of at most `pack_tokens` tokens (a longer example alone; 0 packs
@@ -174,7 +181,10 @@ pub struct StepStats {
     pub sequence_tokens: usize,
 }
 
-/// AdamW's state: step count and both moments of every parameter (in [`LoraParams::vars`] order).
+/// AdamW's state: step count and both moments of every parameter (in [`LoraParams::vars`] order). The moments
+/// live on the CPU whatever the parameters' device: the update runs there (a LoRA adapter is a few million
+/// values; for parameters on a GPU it costs one copy of each gradient and parameter each way per step), so
+/// it is the same code, the same bits and the same checkpoint on every device.
 struct AdamW {
     step_t: usize,
     moments: Vec<(Tensor, Tensor)>,
@@ -184,7 +194,10 @@ impl AdamW {
     fn new(vars: &[Var]) -> Result<AdamW> {
         let moments = vars
             .iter()
-            .map(|v| Ok((v.as_tensor().zeros_like()?, v.as_tensor().zeros_like()?)))
+            .map(|v| {
+                let z = || Tensor::zeros(v.shape(), candle_core::DType::F32, &Device::Cpu);
+                Ok((z()?, z()?))
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(AdamW { step_t: 0, moments })
     }
@@ -216,8 +229,8 @@ impl AdamW {
             let (mut nt, mut nm, mut nv) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
             {
                 let (t, g, m, v) = (
-                    theta.as_tensor().contiguous()?,
-                    g.contiguous()?,
+                    theta.as_tensor().to_device(&Device::Cpu)?.contiguous()?,
+                    g.to_device(&Device::Cpu)?.contiguous()?,
                     m.contiguous()?,
                     v.contiguous()?,
                 );
@@ -256,9 +269,9 @@ impl AdamW {
             }
             let shape = theta.as_tensor().shape().clone();
             let dev = theta.as_tensor().device().clone();
-            theta.set(&Tensor::from_vec(nt, shape.clone(), &dev)?)?;
-            *m = Tensor::from_vec(nm, shape.clone(), &dev)?;
-            *v = Tensor::from_vec(nv, shape, &dev)?;
+            theta.set(&Tensor::from_vec(nt, shape.clone(), &Device::Cpu)?.to_device(&dev)?)?;
+            *m = Tensor::from_vec(nm, shape.clone(), &Device::Cpu)?;
+            *v = Tensor::from_vec(nv, shape, &Device::Cpu)?;
         }
         Ok(())
     }
@@ -423,7 +436,7 @@ impl Trainer {
         for v in &vars {
             if let Some(g) = grads.get(v.as_tensor()) {
                 use rayon::prelude::*;
-                let g = g.contiguous()?;
+                let g = g.to_device(&Device::Cpu)?.contiguous()?;
                 let view = F32View::of(&g, "gradient norm")?;
                 // Chunk sums collected in order and added in order: the same bits whatever the threads
                 // did (a resumed run must retrace the uninterrupted one).

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 
 use baimo_formats::safetensors::SafeTensorsFiles;
 use baimo_models::weights::WeightSource;
-use baimo_models::{LoraAdapter, Transformer};
+use baimo_models::{LoraAdapter, TrainOps, Transformer};
 use baimo_train::params::LoraParams;
 use baimo_train::{batch_loss_and_grads, Example, Trainer, TrainerConfig};
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 use serde_json::Value;
 
 fn fixtures() -> PathBuf {
@@ -56,10 +56,21 @@ fn examples(t: &Value) -> Vec<Example> {
 fn lora_gradients_and_adamw_step_match_peft() {
     let text = std::fs::read_to_string(fixtures().join("tiny/lora-manifest.json")).unwrap();
     let man: Value = serde_json::from_str(&text).unwrap();
-    for t in man["training"].as_array().unwrap() {
+    // Our kernels' training pass, then candle's operations (what a GPU runs), each against PEFT.
+    for (t, ops) in man["training"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|t| [(t, TrainOps::Kernels), (t, TrainOps::Candle)])
+    {
         let model_name = t["model"].as_str().unwrap();
         let mut model =
             Transformer::from_hf_dir(&fixtures().join(format!("tiny/{model_name}/hf"))).unwrap();
+        if ops == TrainOps::Candle {
+            model = model.to_device(&Device::Cpu).unwrap();
+        }
+        assert_eq!(model.train_ops(), ops);
+        let model_name = format!("{model_name} ({ops:?})");
         let adapter = LoraAdapter::load(&fixtures().join(t["adapter"].as_str().unwrap())).unwrap();
         let params = LoraParams::from_adapter(&model, &adapter, 0.0).unwrap();
         params.attach(&mut model, true).unwrap();

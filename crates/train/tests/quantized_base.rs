@@ -1,6 +1,7 @@
 //! Training on a base kept quantized (QLoRA-style): the LoRA gradients through the file's Q8_0 / Q4_K blocks
 //! (forward: the serving kernels; backward: the weight dequantized per call) agree with the gradients through
-//! an f32 copy of the same dequantized weights, up to the forward's int8 activation rounding.
+//! an f32 copy of the same dequantized weights, up to the forward's int8 activation rounding; and the same
+//! file made dense for candle's operations ([`Transformer::to_device`]) gives the f32 copy's gradients.
 
 use std::path::{Path, PathBuf};
 
@@ -71,5 +72,23 @@ fn lora_gradients_through_a_quantized_base() {
         let rel = (num / den).sqrt();
         println!("{file}: loss {lq:.5} vs {lf:.5}, gradient relative error {rel:.2e}");
         assert!(den > 0.0 && rel < 5e-2, "{file}: gradients differ by {rel}");
+
+        // The quantized file made dense for candle's operations (what a GPU trains on): the f32 copy's
+        // gradients, up to rounding (no int8 activations here).
+        let mut dense = Transformer::from_gguf(&g)
+            .unwrap()
+            .to_device(&candle_core::Device::Cpu)
+            .unwrap();
+        let (ld, gd) = grads(&mut dense, &exs);
+        let worst = gd
+            .iter()
+            .flatten()
+            .zip(gf.iter().flatten())
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        let scale = gf.iter().flatten().fold(0f32, |m, y| m.max(y.abs()));
+        println!("{file}: made dense, loss {ld:.6} vs {lf:.6}, worst gradient difference {worst:.2e} of {scale:.2e}");
+        assert!((ld - lf).abs() / lf < 1e-5, "{file}: loss {ld} vs {lf}");
+        assert!(worst <= 1e-4 * scale, "{file}: gradients differ by {worst}");
     }
 }

@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicBool;
 use baimo_models::Transformer;
 use baimo_train::run::{finetune, latest_checkpoint, RunOptions};
 use baimo_train::{Example, LoraSpec};
+use candle_core::Device;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
@@ -81,10 +82,9 @@ fn params_bits(p: &baimo_train::LoraParams) -> Vec<(String, Vec<u32>)> {
     v
 }
 
-#[test]
-fn resumed_run_ends_exactly_where_the_uninterrupted_one_does() {
-    let root = std::env::temp_dir().join(format!("baimo-resume-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
+/// Runs 12 steps, then again from the step-5 checkpoint into another folder, on models from `model`;
+/// checks the resumed run retraces the uninterrupted one bit for bit and returns the losses.
+fn run_and_resume(root: &Path, model: impl Fn() -> Transformer) -> Vec<f64> {
     let stop = AtomicBool::new(false);
     let mut m = model();
     let data = examples(m.config().vocab_size as u32);
@@ -132,6 +132,36 @@ fn resumed_run_ends_exactly_where_the_uninterrupted_one_does() {
         params_bits(&full),
         "the same final adapter, bit for bit"
     );
+    losses
+}
+
+// One test, not two: the dropout masks draw from one process-wide seed counter, which runs in parallel
+// would share.
+#[test]
+fn resumed_run_ends_exactly_where_the_uninterrupted_one_does() {
+    let root = std::env::temp_dir().join(format!("baimo-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let losses = run_and_resume(&root, model);
+    let full_out = root.join("full");
+
+    // The same with candle's operations (what a GPU runs): it resumes exactly too, and trains as the
+    // kernels do (the two differ only in rounding).
+    let candle = run_and_resume(&root.join("candle"), || {
+        model().to_device(&Device::Cpu).unwrap()
+    });
+    let worst = losses
+        .iter()
+        .zip(&candle)
+        .map(|(k, c)| (k - c).abs() / k.abs())
+        .fold(0f64, f64::max);
+    println!("losses, kernels against candle's operations: worst relative difference {worst:.2e}");
+    for (step, (k, c)) in losses.iter().zip(&candle).enumerate() {
+        assert!(
+            (k - c).abs() <= 1e-4 * k.abs(),
+            "step {}: loss {k} with the kernels, {c} with candle's operations",
+            step + 1
+        );
+    }
 
     // A half-written checkpoint (as a kill during saving leaves) is ignored: the output folder resumes from
     // its newest complete one.
