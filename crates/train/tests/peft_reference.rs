@@ -25,6 +25,7 @@ fn tensors(rel: &str) -> HashMap<String, Tensor> {
 }
 
 fn rel_err(got: &Tensor, want: &Tensor) -> f64 {
+    let got = got.to_device(&Device::Cpu).unwrap();
     let d = (got - want)
         .unwrap()
         .abs()
@@ -56,21 +57,33 @@ fn examples(t: &Value) -> Vec<Example> {
 fn lora_gradients_and_adamw_step_match_peft() {
     let text = std::fs::read_to_string(fixtures().join("tiny/lora-manifest.json")).unwrap();
     let man: Value = serde_json::from_str(&text).unwrap();
-    // Our kernels' training pass, then candle's operations (what a GPU runs), each against PEFT.
-    for (t, ops) in man["training"]
+    // Our kernels' training pass, then candle's operations on the CPU, and on a GPU where this build and
+    // machine have one (`--features baimo-models/cuda`), each against PEFT.
+    let gpu = baimo_models::device("cuda").ok();
+    if gpu.is_none() {
+        println!("no CUDA device (or a build without the cuda feature): the GPU case is skipped");
+    }
+    let runs: Vec<(TrainOps, Device)> = [
+        (TrainOps::Kernels, Device::Cpu),
+        (TrainOps::Candle, Device::Cpu),
+    ]
+    .into_iter()
+    .chain(gpu.map(|d| (TrainOps::Candle, d)))
+    .collect();
+    for (t, (ops, dev)) in man["training"]
         .as_array()
         .unwrap()
         .iter()
-        .flat_map(|t| [(t, TrainOps::Kernels), (t, TrainOps::Candle)])
+        .flat_map(|t| runs.iter().map(move |r| (t, r)))
     {
         let model_name = t["model"].as_str().unwrap();
         let mut model =
             Transformer::from_hf_dir(&fixtures().join(format!("tiny/{model_name}/hf"))).unwrap();
-        if ops == TrainOps::Candle {
-            model = model.to_device(&Device::Cpu).unwrap();
+        if *ops == TrainOps::Candle {
+            model = model.to_device(dev).unwrap();
         }
-        assert_eq!(model.train_ops(), ops);
-        let model_name = format!("{model_name} ({ops:?})");
+        assert_eq!(model.train_ops(), *ops);
+        let model_name = format!("{model_name} ({ops:?} on {dev:?})");
         let adapter = LoraAdapter::load(&fixtures().join(t["adapter"].as_str().unwrap())).unwrap();
         let params = LoraParams::from_adapter(&model, &adapter, 0.0).unwrap();
         params.attach(&mut model, true).unwrap();
