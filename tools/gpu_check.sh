@@ -11,6 +11,11 @@ if [ -z "${CUDA_COMPUTE_CAP:-}" ]; then
     CUDA_COMPUTE_CAP=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)
     export CUDA_COMPUTE_CAP
 fi
+# CUDA 11.x's nvcc lacks compute_90a, which candle's kernels ask for at capability 90: build PTX for 80 there,
+# which the driver compiles for the newer GPU when it loads it (seen with Debian's nvidia-cuda-toolkit 11.8).
+if nvcc --version | grep -q "release 11\." && [ "$CUDA_COMPUTE_CAP" -ge 90 ]; then
+    CUDA_COMPUTE_CAP=80
+fi
 echo "== compute capability $CUDA_COMPUTE_CAP; $(nvcc --version | tail -1)"
 
 echo "== 1. PEFT reference on the GPU"

@@ -47,7 +47,11 @@ pub fn device(name: &str) -> Result<candle_core::Device> {
             "this build has no CUDA support (rebuild with `--features cuda`)".into(),
         ));
     }
-    candle_core::Device::new_cuda(ordinal).map_err(|e| err(e.to_string()))
+    candle_core::Device::new_cuda(ordinal).map_err(|e| match e {
+        // The driver's words, without the backtrace candle attaches under RUST_BACKTRACE.
+        candle_core::Error::WithBacktrace { inner, .. } => err(inner.to_string()),
+        e => err(e.to_string()),
+    })
 }
 
 #[cfg(test)]

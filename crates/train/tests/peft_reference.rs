@@ -59,10 +59,9 @@ fn lora_gradients_and_adamw_step_match_peft() {
     let man: Value = serde_json::from_str(&text).unwrap();
     // Our kernels' training pass, then candle's operations on the CPU, and on a GPU where this build and
     // machine have one (`--features baimo-models/cuda`), each against PEFT.
-    let gpu = baimo_models::device("cuda").ok();
-    if gpu.is_none() {
-        println!("no CUDA device (or a build without the cuda feature): the GPU case is skipped");
-    }
+    let gpu = baimo_models::device("cuda")
+        .map_err(|e| println!("the GPU case is skipped: {e}"))
+        .ok();
     let runs: Vec<(TrainOps, Device)> = [
         (TrainOps::Kernels, Device::Cpu),
         (TrainOps::Candle, Device::Cpu),
