@@ -586,6 +586,12 @@ impl Transformer {
                 "the CPU kernels' training pass needs the weights on the CPU".into(),
             ));
         }
+        // Candle's product of a weight our kernels multiply would pass no gradient to its input.
+        if ops == TrainOps::Candle && !(self.is_float() && self.lm_head.is_float()) {
+            return Err(ModelError::BadConfig(
+                "candle's training operations need dense weights (Transformer::to_device)".into(),
+            ));
+        }
         self.train_ops = ops;
         Ok(())
     }

@@ -22,11 +22,7 @@ pub fn cross_entropy_sum(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
 /// [`cross_entropy_sum`] in candle's operations (log-softmax, gather, sum): any device, differentiable; on
 /// the CPU, the reference the one-node version is tested against.
 pub fn cross_entropy_sum_candle(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
-    let op = CrossEntropySum {
-        targets: targets.to_vec(),
-        lse: std::sync::Mutex::new(Vec::new()),
-    };
-    op.check(logits.dims())?;
+    check_targets(logits.dims(), targets)?;
     let t = Tensor::new(targets, logits.device())?.unsqueeze(1)?;
     // log softmax: the shifted logits less their log-sum-exp (the shift only guards exp against overflow).
     let last = candle_core::D::Minus1;
@@ -41,20 +37,24 @@ struct CrossEntropySum {
     lse: std::sync::Mutex<Vec<f32>>,
 }
 
+/// The vocabulary size of `dims` (rows × vocab) when there is one target per row, each below it.
+fn check_targets(dims: &[usize], targets: &[u32]) -> candle_core::Result<usize> {
+    match dims {
+        [rows, vocab]
+            if *rows == targets.len() && targets.iter().all(|&t| (t as usize) < *vocab) =>
+        {
+            Ok(*vocab)
+        }
+        _ => Err(candle_core::Error::Msg(format!(
+            "cross-entropy: logits {dims:?} against {} targets (each below the vocabulary)",
+            targets.len()
+        ))),
+    }
+}
+
 impl CrossEntropySum {
     fn check(&self, dims: &[usize]) -> candle_core::Result<usize> {
-        match dims {
-            [rows, vocab]
-                if *rows == self.targets.len()
-                    && self.targets.iter().all(|&t| (t as usize) < *vocab) =>
-            {
-                Ok(*vocab)
-            }
-            _ => Err(candle_core::Error::Msg(format!(
-                "cross-entropy: logits {dims:?} against {} targets (each below the vocabulary)",
-                self.targets.len()
-            ))),
-        }
+        check_targets(dims, &self.targets)
     }
 }
 

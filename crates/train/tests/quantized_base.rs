@@ -90,5 +90,11 @@ fn lora_gradients_through_a_quantized_base() {
         println!("{file}: made dense, loss {ld:.6} vs {lf:.6}, worst gradient difference {worst:.2e} of {scale:.2e}");
         assert!((ld - lf).abs() / lf < 1e-5, "{file}: loss {ld} vs {lf}");
         assert!(worst <= 1e-4 * scale, "{file}: gradients differ by {worst}");
+        // Candle's operations over weights our kernels multiply would pass no gradient: refused.
+        let e = Transformer::from_gguf(&g)
+            .unwrap()
+            .set_train_ops(baimo_models::TrainOps::Candle)
+            .unwrap_err();
+        assert!(e.to_string().contains("need dense weights"), "{e}");
     }
 }
