@@ -52,12 +52,6 @@ fn check_targets(dims: &[usize], targets: &[u32]) -> candle_core::Result<usize> 
     }
 }
 
-impl CrossEntropySum {
-    fn check(&self, dims: &[usize]) -> candle_core::Result<usize> {
-        check_targets(dims, &self.targets)
-    }
-}
-
 /// log Σ_j exp(row_j), from the row's maximum (the sum in f64; the exponentials vectorised where the CPU
 /// allows, [`baimo_kernels::softmax::sum_exp`]).
 fn log_sum_exp(row: &[f32]) -> f32 {
@@ -71,7 +65,7 @@ impl CustomOp1 for CrossEntropySum {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let vocab = self.check(l.dims())?;
+        let vocab = check_targets(l.dims(), &self.targets)?;
         let logits = contiguous_f32(s, l, self.name())?;
         let lse: Vec<f32> = logits.par_chunks(vocab).map(log_sum_exp).collect();
         let nll: f64 = lse
@@ -92,7 +86,7 @@ impl CustomOp1 for CrossEntropySum {
         _loss: &Tensor,
         g: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        let vocab = self.check(logits.dims())?;
+        let vocab = check_targets(logits.dims(), &self.targets)?;
         let g = g.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
         let mut lse = self
             .lse
