@@ -80,7 +80,66 @@ fn tune_candle_pool() {
     }
 }
 
+/// The value of `GLIBC_TUNABLES` that puts the heap on transparent huge pages, when this process should be
+/// started again with it: training on Linux/glibc where the kernel gives huge pages only to memory that asks
+/// (`/sys/kernel/mm/transparent_hugepage/enabled` = `madvise`, the usual default) and the user has not set
+/// the tunable either way.
+///
+/// A training step streams every frozen weight twice (hundreds of MB for a small model) and allocates its
+/// activations and gradients afresh; on 4 KiB pages the weights' strided reads missed the TLB on nearly every
+/// row. With `glibc.malloc.hugetlb=1` glibc advises huge pages (`MADV_HUGEPAGE`) for the memory it takes from
+/// the kernel: SmolLM2-135M's step took 0.90–0.98 s against 1.15–1.42 s in five alternating pairs (same
+/// losses), for ~19% more peak memory and ~1.5 s more loading (the kernel zeroes and compacts 2 MiB pages).
+/// The tunable is read only when a process starts, so `main` execs itself once with it.
+fn huge_page_tunables(cli: &Cli) -> Option<String> {
+    if !matches!(cli.command, Command::Finetune(_))
+        || !cfg!(all(target_os = "linux", target_env = "gnu"))
+    {
+        return None;
+    }
+    let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
+    if tunables.contains("glibc.malloc.hugetlb") {
+        return None;
+    }
+    let mode = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").ok()?;
+    if !mode.contains("[madvise]") {
+        return None;
+    }
+    Some(if tunables.is_empty() {
+        "glibc.malloc.hugetlb=1".into()
+    } else {
+        format!("{tunables}:glibc.malloc.hugetlb=1")
+    })
+}
+
+/// Replaces this process with itself, same arguments, `GLIBC_TUNABLES` set to `tunables`; returns only if
+/// that fails (the run then goes on as it is).
+#[cfg(unix)]
+fn exec_with_tunables(tunables: &str) -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    let mut args = std::env::args_os();
+    let arg0 = args.next().unwrap_or_default();
+    std::process::Command::new("/proc/self/exe")
+        .arg0(arg0)
+        .args(args)
+        .env("GLIBC_TUNABLES", tunables)
+        .exec()
+}
+
+#[cfg(not(unix))]
+fn exec_with_tunables(_: &str) -> std::io::Error {
+    std::io::Error::from(std::io::ErrorKind::Unsupported)
+}
+
 fn main() {
+    let cli = Cli::parse();
+    if let Some(tunables) = huge_page_tunables(&cli) {
+        // Before any thread exists or any weight is loaded.
+        let err = exec_with_tunables(&tunables);
+        eprintln!(
+            "note: could not restart with transparent huge pages ({err}); training on 4 KiB pages"
+        );
+    }
     tune_allocator();
     tune_candle_pool();
     tracing_subscriber::fmt()
@@ -90,7 +149,10 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    tracing::debug!(
+        glibc_tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default(),
+        "started"
+    );
     let store = commands::store(cli.models_dir.clone());
     let result = match cli.command {
         Command::Info(a) => commands::info(&store, a),

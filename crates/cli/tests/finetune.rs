@@ -120,3 +120,54 @@ fn finetune_learns_and_writes_a_peft_adapter() {
     assert_ne!(run(None), run(Some(&out)));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Training restarts itself once with glibc's transparent-huge-page tunable where the kernel gives huge pages
+/// only to memory that asks for them, adding to the user's tunables and never overriding a choice made there;
+/// other commands never restart.
+#[test]
+fn finetune_restarts_with_huge_pages_where_they_must_be_asked_for() {
+    let dir = std::env::temp_dir().join(format!("baimo-ft-thp-{}", std::process::id()));
+    let model = root().join("fixtures/tiny/qwen2-gqa/hf");
+    // The GLIBC_TUNABLES the (possibly restarted) process ran with, from its debug log.
+    let tunables_seen = |args: Vec<std::ffi::OsString>, tunables: Option<&str>| -> String {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_baimo"));
+        c.args(args).env("BAIMO_LOG", "debug");
+        match tunables {
+            Some(t) => c.env("GLIBC_TUNABLES", t),
+            None => c.env_remove("GLIBC_TUNABLES"),
+        };
+        let r = c.output().unwrap();
+        let stderr = String::from_utf8_lossy(&r.stderr).into_owned();
+        assert!(r.status.success(), "{stderr}");
+        let start = stderr.lines().find(|l| l.contains("glibc_tunables"));
+        start
+            .unwrap_or_else(|| panic!("no start line: {stderr}"))
+            .into()
+    };
+    let finetune = |out: &str| -> Vec<std::ffi::OsString> {
+        let mut v: Vec<std::ffi::OsString> = vec!["finetune".into(), "--model".into()];
+        v.push(model.clone().into());
+        v.push("--data".into());
+        v.push(root().join("fixtures/finetune/train.jsonl").into());
+        v.push("--out".into());
+        v.push(dir.join(out).into());
+        v.extend(["--max-steps", "1", "--batch-size", "2"].map(Into::into));
+        v
+    };
+    let madvise = cfg!(all(target_os = "linux", target_env = "gnu"))
+        && std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+            .is_ok_and(|m| m.contains("[madvise]"));
+    let line = tunables_seen(finetune("a"), None);
+    assert_eq!(line.contains("glibc.malloc.hugetlb=1"), madvise, "{line}");
+    let line = tunables_seen(finetune("b"), Some("glibc.malloc.arena_max=2"));
+    assert!(line.contains("glibc.malloc.arena_max=2"), "{line}");
+    assert_eq!(line.contains("glibc.malloc.hugetlb=1"), madvise, "{line}");
+    let line = tunables_seen(finetune("c"), Some("glibc.malloc.hugetlb=0"));
+    assert!(
+        line.contains("glibc.malloc.hugetlb=0") && !line.contains("hugetlb=1"),
+        "{line}"
+    );
+    let line = tunables_seen(vec!["info".into(), model.clone().into()], None);
+    assert!(!line.contains("hugetlb"), "{line}");
+    std::fs::remove_dir_all(&dir).ok();
+}
