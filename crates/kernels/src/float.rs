@@ -332,6 +332,121 @@ pub fn float_matmul_nt_with(
     Ok(out)
 }
 
+/// A matrix `w` (`rows` × `k`, row-major) packed once as [`float_matmul_nt`] reads it, for products with
+/// several `x` (attention's query blocks against one head's keys): `wᵀ` in column blocks of 64, each block
+/// its `k` rows of 64 values (zero past `rows`). [`float_matmul_nt`] transposes the same blocks into a
+/// panel for every call.
+pub struct NtPanels {
+    k: usize,
+    rows: usize,
+    data: Vec<f32>,
+}
+
+/// Columns per block of [`NtPanels`] (the NN kernel's block width).
+const PANEL_COLS: usize = 64;
+
+impl NtPanels {
+    pub fn new(w: &[f32], rows: usize, k: usize) -> Result<NtPanels, KernelError> {
+        check_nn(&[(w.len(), rows, k)])?;
+        let blocks = rows.div_ceil(PANEL_COLS);
+        let mut data = vec![0f32; blocks * k * PANEL_COLS];
+        let squares = simd_for(Isa::detect()) == Simd::Avx512;
+        for (b, panel) in data.chunks_exact_mut(k * PANEL_COLS).enumerate() {
+            let width = PANEL_COLS.min(rows - b * PANEL_COLS);
+            // SAFETY: rows b·64.. b·64 + width of `w` (k values each) are read; the panel holds k rows of 64
+            // values, of which the first `width` of each are written; squares only where AVX-512 F was
+            // detected.
+            unsafe {
+                transpose_into(
+                    w.as_ptr().add(b * PANEL_COLS * k),
+                    k,
+                    (width, k),
+                    panel.as_mut_ptr(),
+                    PANEL_COLS,
+                    squares,
+                )
+            };
+        }
+        Ok(NtPanels { k, rows, data })
+    }
+
+    /// Rows of the packed `w` (the product's columns).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn block(&self, b: usize) -> &[f32] {
+        &self.data[b * self.k * PANEL_COLS..(b + 1) * self.k * PANEL_COLS]
+    }
+}
+
+/// The first `cols` columns of [`float_matmul_nt`]`(x, n, k, w, rows)` for `w` packed in `panels`: the same
+/// values, bit for bit, without transposing `w` again.
+pub fn float_matmul_nt_packed(
+    x: &[f32],
+    n: usize,
+    k: usize,
+    panels: &NtPanels,
+    cols: usize,
+) -> Result<Vec<f32>, KernelError> {
+    float_matmul_nt_packed_with(Isa::detect(), x, n, k, panels, cols)
+}
+
+/// [`float_matmul_nt_packed`] with a chosen implementation (as [`float_matmul_nt_with`]).
+pub fn float_matmul_nt_packed_with(
+    isa: Isa,
+    x: &[f32],
+    n: usize,
+    k: usize,
+    panels: &NtPanels,
+    cols: usize,
+) -> Result<Vec<f32>, KernelError> {
+    check_nn(&[(x.len(), n, k)])?;
+    if k != panels.k || cols > panels.rows {
+        return Err(KernelError::PanelShape {
+            rows: panels.rows,
+            k: panels.k,
+            cols,
+            want_k: k,
+        });
+    }
+    if n == 0 || cols == 0 || k == 0 {
+        return Ok(vec![0f32; n * cols]);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if simd_for(isa) == Simd::Avx512 {
+        return Ok(filled(n * cols, |dst| {
+            in_tasks(n, k, cols, |(b, rows_t)| {
+                // SAFETY: AVX-512 F was detected; the shapes were checked; each task writes every output
+                // of its own rows of its own column block, and only those.
+                unsafe {
+                    avx512::nt_packed_block(
+                        x,
+                        rows_t,
+                        k,
+                        panels.block(b),
+                        cols,
+                        b * avx512::NN_COLS,
+                        dst,
+                    )
+                }
+            })
+        }));
+    }
+    let _ = isa;
+    let mut out = vec![0f32; n * cols];
+    out.par_chunks_mut(cols).enumerate().for_each(|(t, row)| {
+        let xr = &x[t * k..(t + 1) * k];
+        for (c, o) in row.iter_mut().enumerate() {
+            let panel = panels.block(c / PANEL_COLS);
+            *o = xr.iter().enumerate().fold(0f32, |acc, (r, &a)| {
+                a.mul_add(panel[r * PANEL_COLS + c % PANEL_COLS], acc)
+            });
+        }
+    });
+    Ok(out)
+}
+
 /// `m` (`rows` × `cols`, row-major) transposed: 16 × 16 squares through registers on AVX-512, the edges (and
 /// other CPUs) one value at a time.
 pub fn transpose(m: &[f32], rows: usize, cols: usize) -> Result<Vec<f32>, KernelError> {
@@ -906,6 +1021,37 @@ mod avx512 {
             let outs = (out, rows, c0, true);
             nn_passes(x, t_rows, k, masks, outs, (w, rows, c0), Some(panel), fill)
         })
+    }
+
+    /// Rows `t_rows` of `x · wᵀ`'s columns `c0..c0 + 64` (fewer at `cols`) into `out` (`n` × `cols`; what it
+    /// held is never read), from `panel`, that column block of `wᵀ` packed by [`super::NtPanels`]: the
+    /// passes of [`nt_block`] without the transposition.
+    ///
+    /// # Safety
+    /// AVX-512 F present; `x` holds `n` × `k` values, `panel` `k` × 64; `out` points at `n` × `cols` values of
+    /// which no other thread writes these columns.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn nt_packed_block(
+        x: &[f32],
+        t_rows: (usize, usize),
+        k: usize,
+        panel: &[f32],
+        cols: usize,
+        c0: usize,
+        out: crate::matmul::SendPtr,
+    ) {
+        let masks = col_masks(NN_COLS.min(cols - c0));
+        let outs = (out, cols, c0, true);
+        nn_passes(
+            x,
+            t_rows,
+            k,
+            masks,
+            outs,
+            (panel, NN_COLS, 0),
+            None,
+            |_, _, _| {},
+        )
     }
 
     /// `dst[i][j] = src[j][i]` for a 16 × 16 square: `src` rows `src_stride` values apart, `dst` rows

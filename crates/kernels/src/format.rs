@@ -110,6 +110,15 @@ pub enum KernelError {
         rows: usize,
         cols: usize,
     },
+    #[error(
+        "packed panels hold a {rows}×{k} matrix; asked for {cols} of its rows over k = {want_k}"
+    )]
+    PanelShape {
+        rows: usize,
+        k: usize,
+        cols: usize,
+        want_k: usize,
+    },
 }
 
 pub(crate) fn f16_at(b: &[u8], i: usize) -> f32 {

@@ -21,8 +21,8 @@ mod vnni;
 
 pub use float::{
     float_kernels_fast, float_matmul, float_matmul_nn, float_matmul_nn_add, float_matmul_nn_with,
-    float_matmul_nt, float_matmul_nt_with, float_matmul_with, float_weights_in_place,
-    matmul_nn_ref, transpose, FloatFormat,
+    float_matmul_nt, float_matmul_nt_packed, float_matmul_nt_packed_with, float_matmul_nt_with,
+    float_matmul_with, float_weights_in_place, matmul_nn_ref, transpose, FloatFormat, NtPanels,
 };
 pub use format::{BlockFormat, KernelError, QK, QK_K};
 pub use matmul::{

@@ -267,3 +267,35 @@ fn transpose_moves_every_value() {
     }
     assert!(baimo_kernels::transpose(&[0.0; 5], 2, 3).is_err());
 }
+
+#[test]
+fn nt_product_over_packed_panels_is_the_nt_product_bit_for_bit() {
+    use baimo_kernels::{float_matmul_nt_packed_with, float_matmul_nt_with, NtPanels};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    // Attention's shapes (k = head size 64, a query block against a key prefix) and ragged edges: a partial
+    // last block, a prefix ending inside a block, a k that is not a multiple of 16, one row.
+    for (n, k, rows, prefixes) in [
+        (64, 64, 150, vec![1, 63, 64, 65, 128, 150]),
+        (7, 33, 70, vec![5, 70]),
+        (1, 16, 16, vec![16]),
+        (23, 80, 129, vec![129]),
+    ] {
+        let x: Vec<f32> = (0..n * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let w: Vec<f32> = (0..rows * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let panels = NtPanels::new(&w, rows, k).unwrap();
+        for isa in [Isa::Avx512Vnni, Isa::Scalar] {
+            let full = float_matmul_nt_with(isa, &x, n, k, &w, rows).unwrap();
+            for &cols in &prefixes {
+                let got = float_matmul_nt_packed_with(isa, &x, n, k, &panels, cols).unwrap();
+                let want: Vec<u32> = full
+                    .chunks_exact(rows)
+                    .flat_map(|r| r[..cols].iter().map(|v| v.to_bits()))
+                    .collect();
+                let bits: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
+                assert_eq!(bits, want, "{isa:?} {n}×{k} against {cols} of {rows} rows");
+            }
+        }
+        let e = float_matmul_nt_packed_with(Isa::Scalar, &x, n, k, &panels, rows + 1).unwrap_err();
+        assert!(e.to_string().contains("packed panels"), "{e}");
+    }
+}

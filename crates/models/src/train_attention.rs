@@ -13,6 +13,7 @@ use rayon::prelude::*;
 
 use crate::layers::{contiguous_f32, kernel_err, matmul_nn, softmax_row, transposed, F32View};
 use crate::RopeStyle;
+use baimo_kernels::NtPanels;
 
 /// Inputs: q (tokens, heads·hd), k and v (tokens, kv_heads·hd), the projections' outputs; output (tokens,
 /// heads·hd), the heads side by side as `o_proj` takes them.
@@ -154,12 +155,18 @@ impl TrainAttention {
     /// computed. Each block holds (i1 − i0) × i1 probabilities, row i zero after key i. The softmax is the
     /// vector one ([`baimo_kernels::softmax`], within a few ulp of serving's [`softmax_row`]): the scalar
     /// one's `expf` calls were a fifth of a step at 1,500-token sequences.
-    fn causal_probs(&self, qr: &[f32], kr: &[f32], len: usize) -> candle_core::Result<Vec<Block>> {
+    /// `kp`: the rotated keys packed once for all the blocks (and all the heads of their group).
+    fn causal_probs(
+        &self,
+        qr: &[f32],
+        kp: &NtPanels,
+        len: usize,
+    ) -> candle_core::Result<Vec<Block>> {
         let hd = self.head_dim;
         let scale = self.scale();
         blocks(len)
             .map(|(i0, i1)| {
-                let mut p = nt(&qr[i0 * hd..i1 * hd], i1 - i0, hd, &kr[..i1 * hd], i1)?;
+                let mut p = nt(&qr[i0 * hd..i1 * hd], i1 - i0, hd, kp, i1)?;
                 for (r, row) in p.chunks_exact_mut(i1).enumerate() {
                     let (seen, masked) = row.split_at_mut(i0 + r + 1);
                     seen.iter_mut().for_each(|s| *s *= scale);
@@ -187,6 +194,7 @@ impl TrainAttention {
         let scale = self.scale();
         let kr = self.rotated(k, nkv, task, task.kv_head);
         let vh = self.head_rows(v, nkv, task, task.kv_head);
+        let (kp, vp) = (panels(&kr, n, hd)?, panels(&vh, n, hd)?);
         let mut dq = vec![0f32; self.group() * n * hd];
         let mut dkr = vec![0f32; n * hd];
         let mut dv = vec![0f32; n * hd];
@@ -194,10 +202,10 @@ impl TrainAttention {
             let head = task.kv_head * self.group() + j;
             let qr = self.rotated(q, nh, task, head);
             let go = self.head_rows(gy, nh, task, head);
-            for Block { i0, i1, p } in self.causal_probs(&qr, &kr, n)? {
+            for Block { i0, i1, p } in self.causal_probs(&qr, &kp, n)? {
                 let rows = i1 - i0;
                 let (qb, gob) = (&qr[i0 * hd..i1 * hd], &go[i0 * hd..i1 * hd]);
-                let mut ds = nt(gob, rows, hd, &vh[..i1 * hd], i1)?;
+                let mut ds = nt(gob, rows, hd, &vp, i1)?;
                 for (r, (dsr, pr)) in ds.chunks_exact_mut(i1).zip(p.chunks_exact(i1)).enumerate() {
                     let seen = i0 + r + 1;
                     let d: f32 = dsr[..seen]
@@ -246,9 +254,15 @@ fn blocks(len: usize) -> impl Iterator<Item = (usize, usize)> {
         .map(move |i0| (i0, (i0 + QUERY_BLOCK).min(len)))
 }
 
-/// `a · bᵀ` for `a` (n × k) and `b` (rows × k).
-fn nt(a: &[f32], n: usize, k: usize, b: &[f32], rows: usize) -> candle_core::Result<Vec<f32>> {
-    baimo_kernels::float_matmul_nt(a, n, k, b, rows).map_err(kernel_err)
+/// `a · bᵀ` for `a` (n × k) and the first `rows` rows of `b`, packed ([`panels`]).
+fn nt(a: &[f32], n: usize, k: usize, b: &NtPanels, rows: usize) -> candle_core::Result<Vec<f32>> {
+    baimo_kernels::float_matmul_nt_packed(a, n, k, b, rows).map_err(kernel_err)
+}
+
+/// `m` (rows × k) packed for [`nt`]: one head's keys or values, transposed into the NN kernel's panels once
+/// for every query block and every query head of the group, instead of once per product.
+fn panels(m: &[f32], rows: usize, k: usize) -> candle_core::Result<NtPanels> {
+    NtPanels::new(m, rows, k).map_err(kernel_err)
 }
 
 /// A dot product in sixteen lane sums (which the compiler turns into vector code; a plain sequential sum
@@ -308,13 +322,14 @@ impl CustomOp3 for TrainAttention {
             .map(|task| {
                 let kr = self.rotated(k, nkv, task, task.kv_head);
                 let vh = fast.then(|| self.head_rows(v, nkv, task, task.kv_head));
+                let kp = fast.then(|| panels(&kr, task.len, hd)).transpose()?;
                 let mut out = vec![0f32; self.group() * task.len * hd];
                 for (j, oh) in out.chunks_exact_mut(task.len * hd).enumerate() {
                     let head = task.kv_head * self.group() + j;
                     let qr = self.rotated(q, nh, task, head);
-                    if let Some(vh) = &vh {
+                    if let (Some(vh), Some(kp)) = (&vh, &kp) {
                         // O = P V on the float kernels, a block of query rows at a time.
-                        for Block { i0, i1, p } in self.causal_probs(&qr, &kr, task.len)? {
+                        for Block { i0, i1, p } in self.causal_probs(&qr, kp, task.len)? {
                             let o = matmul_nn(&p, i1 - i0, i1, &vh[..i1 * hd], hd)?;
                             oh[i0 * hd..i1 * hd].copy_from_slice(&o);
                         }
