@@ -348,6 +348,13 @@ const PANEL_COLS: usize = 64;
 impl NtPanels {
     pub fn new(w: &[f32], rows: usize, k: usize) -> Result<NtPanels, KernelError> {
         check_nn(&[(w.len(), rows, k)])?;
+        if k == 0 {
+            return Ok(NtPanels {
+                k,
+                rows,
+                data: Vec::new(),
+            });
+        }
         let blocks = rows.div_ceil(PANEL_COLS);
         let mut data = vec![0f32; blocks * k * PANEL_COLS];
         let squares = simd_for(Isa::detect()) == Simd::Avx512;
@@ -368,11 +375,6 @@ impl NtPanels {
             };
         }
         Ok(NtPanels { k, rows, data })
-    }
-
-    /// Rows of the packed `w` (the product's columns).
-    pub fn rows(&self) -> usize {
-        self.rows
     }
 
     fn block(&self, b: usize) -> &[f32] {

@@ -298,4 +298,8 @@ fn nt_product_over_packed_panels_is_the_nt_product_bit_for_bit() {
         let e = float_matmul_nt_packed_with(Isa::Scalar, &x, n, k, &panels, rows + 1).unwrap_err();
         assert!(e.to_string().contains("packed panels"), "{e}");
     }
+    // An empty inner dimension: zeros, as the unpacked product gives.
+    let empty = NtPanels::new(&[], 3, 0).unwrap();
+    let got = float_matmul_nt_packed_with(Isa::Avx512Vnni, &[], 2, 0, &empty, 3).unwrap();
+    assert_eq!(got, vec![0f32; 6]);
 }
