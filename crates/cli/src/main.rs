@@ -135,6 +135,10 @@ fn main() {
     let cli = Cli::parse();
     if let Some(tunables) = huge_page_tunables(&cli) {
         // Before any thread exists or any weight is loaded.
+        eprintln!(
+            "note: restarting on transparent huge pages (GLIBC_TUNABLES={tunables}; \
+             glibc.malloc.hugetlb=0 keeps 4 KiB pages)"
+        );
         let err = exec_with_tunables(&tunables);
         eprintln!(
             "note: could not restart with transparent huge pages ({err}); training on 4 KiB pages"

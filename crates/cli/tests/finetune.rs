@@ -159,6 +159,19 @@ fn finetune_restarts_with_huge_pages_where_they_must_be_asked_for() {
             .is_ok_and(|m| m.contains("[madvise]"));
     let line = tunables_seen(finetune("a"), None);
     assert_eq!(line.contains("glibc.malloc.hugetlb=1"), madvise, "{line}");
+    // The restart says so (the line is printed by the first process, before the exec).
+    let mut c = Command::new(env!("CARGO_BIN_EXE_baimo"));
+    let r = c
+        .args(finetune("d"))
+        .env_remove("GLIBC_TUNABLES")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(
+        stderr.contains("note: restarting on transparent huge pages"),
+        madvise,
+        "{stderr}"
+    );
     let line = tunables_seen(finetune("b"), Some("glibc.malloc.arena_max=2"));
     assert!(line.contains("glibc.malloc.arena_max=2"), "{line}");
     assert_eq!(line.contains("glibc.malloc.hugetlb=1"), madvise, "{line}");
